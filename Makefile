@@ -1,0 +1,54 @@
+# LungVLM developer entry points. `make help` lists them.
+SHELL := /bin/bash
+PYTHON_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+RUNS ?= runs
+export PYTHONUNBUFFERED := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-all lint format phantom train-stage1 train-stage2 train-stage3 train-language bench clean
+
+help: ## List the targets with a one-line description
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@test -d $(VENV) || $(PYTHON_SYS) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade pip
+	$(VENV)/bin/pip install -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv once and install LungVLM (editable) with its test extras
+
+test: $(STAMP) ## Run the fast test suite (CPU, skips tests marked slow)
+	$(PY) -m pytest -m "not slow and not gpu" -q --timeout=600
+
+test-all: $(STAMP) ## Run every test, slow ones included (no GPU tests without a GPU)
+	$(PY) -m pytest -q --timeout=1800
+
+lint: $(STAMP) ## Check the code with ruff
+	$(VENV)/bin/ruff check lungvlm data_modules tests benchmarks
+	$(VENV)/bin/ruff format --check lungvlm data_modules tests benchmarks
+
+format: $(STAMP) ## Format the code with ruff
+	$(VENV)/bin/ruff format lungvlm data_modules tests benchmarks
+	$(VENV)/bin/ruff check --fix lungvlm data_modules tests benchmarks
+
+phantom: $(STAMP) ## Write 4 phantom chest CTs with labels, reports and a preview to $(RUNS)/phantom
+	$(VENV)/bin/lungvlm phantom --out $(RUNS)/phantom --n 4 --seed 0 --preview $(RUNS)/phantom/preview.png
+
+train-stage1: $(STAMP) ## Stage 1: masked-volume pretraining of the encoder on phantoms
+	$(VENV)/bin/lungvlm fit --config experiments/base.yaml --config experiments/stage1.yaml
+
+train-stage2: $(STAMP) ## Stage 2: nodule segmentation, initialised from stage 1 when its checkpoint exists
+	$(VENV)/bin/lungvlm fit --config experiments/base.yaml --config experiments/stage2.yaml
+
+train-stage3: $(STAMP) ## Stage 3: grounded vision-language model end to end on phantoms
+	$(VENV)/bin/lungvlm fit --config experiments/base.yaml --config experiments/stage3.yaml
+
+bench: $(STAMP) ## Run the benchmarks and write benchmarks/RESULTS.md
+	$(PY) -m benchmarks.run_all --out benchmarks/RESULTS.md
+
+clean: ## Remove caches and run outputs (keeps .venv)
+	rm -rf .pytest_cache .ruff_cache $(RUNS) lightning_logs

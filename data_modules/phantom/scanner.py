@@ -1,0 +1,161 @@
+"""Scanner profiles: acquisition parameters drawn per phantom and applied as blur, slice
+thickness averaging and noise.
+
+The numbers are phantom conventions chosen to span what LIDC-IDRI holds (pixel spacing
+0.461-0.977 mm, slice thickness 0.6-5.0 mm, ``reference/lidc-idri.md``); they are not a
+physical scanner model. Noise falls with dose as ``1 / sqrt(mAs)`` and with slice thickness as
+``1 / sqrt(thickness)``; a sharp (lung, edge-enhancing) kernel has less blur, edge overshoot and
+noise of higher frequency and amplitude than a soft (standard) kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+#: Manufacturer strings as they appear in DICOM (0008,0070), with a model name and the vendor's
+#: names of a soft and a sharp reconstruction kernel (DICOM ConvolutionKernel).
+VENDORS: dict[str, tuple[str, str, str]] = {
+    "SIEMENS": ("SOMATOM Definition AS", "B30f", "B70f"),
+    "GE MEDICAL SYSTEMS": ("LightSpeed VCT", "STANDARD", "LUNG"),
+    "Philips": ("Brilliance 64", "B", "L"),
+    "TOSHIBA": ("Aquilion ONE", "FC13", "FC52"),
+}
+KERNELS: tuple[str, ...] = ("soft", "sharp")
+
+#: Noise sd (HU) of a soft-kernel 1 mm slice at 100 mAs and 120 kVp (phantom convention).
+NOISE_SD_REF_HU: float = 14.0
+#: Gaussian PSF sigma (mm) in-plane per kernel (phantom convention).
+PSF_SIGMA_MM: dict[str, float] = {"soft": 0.75, "sharp": 0.45}
+#: Sharp kernel: unsharp-mask edge enhancement amount and its sigma (mm).
+SHARP_ENHANCE: tuple[float, float] = (0.5, 1.2)
+#: Noise amplitude factor of the sharp kernel relative to the soft one.
+SHARP_NOISE_FACTOR: float = 2.2
+
+
+@dataclass(frozen=True)
+class ScannerProfile:
+    """Acquisition parameters of one phantom scan.
+
+    Attributes:
+        manufacturer: DICOM Manufacturer string.
+        model_name: DICOM ManufacturerModelName.
+        kernel: "soft" or "sharp".
+        convolution_kernel: the vendor's kernel name (DICOM ConvolutionKernel).
+        kvp: tube voltage (kV).
+        exposure_mas: tube current-time product (mAs); low-dose screening is at the low end.
+        pixel_spacing_mm: in-plane spacing of the 512 x 512 reconstruction (mm).
+        slice_thickness_mm: nominal reconstructed slice thickness (mm).
+        slice_spacing_mm: distance between slice centres (mm), <= thickness.
+        noise_sd_hu: standard deviation of the added image noise (HU).
+    """
+
+    manufacturer: str
+    model_name: str
+    kernel: str
+    convolution_kernel: str
+    kvp: float
+    exposure_mas: float
+    pixel_spacing_mm: float
+    slice_thickness_mm: float
+    slice_spacing_mm: float
+    noise_sd_hu: float
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain-JSON dictionary of the profile."""
+        return asdict(self)
+
+
+def noise_sd_hu(kernel: str, exposure_mas: float, kvp: float, slice_thickness_mm: float) -> float:
+    """Image noise sd (HU) of a scan (phantom convention, see the module docstring)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel={kernel!r} is not a kernel; expected one of {KERNELS}")
+    if exposure_mas <= 0 or kvp <= 0 or slice_thickness_mm <= 0:
+        raise ValueError(
+            f"exposure_mas={exposure_mas!r}, kvp={kvp!r} and slice_thickness_mm="
+            f"{slice_thickness_mm!r} must all be positive"
+        )
+    sd = NOISE_SD_REF_HU * np.sqrt(100.0 / exposure_mas) * (120.0 / kvp) ** 1.5
+    sd /= np.sqrt(slice_thickness_mm)
+    return float(sd * (SHARP_NOISE_FACTOR if kernel == "sharp" else 1.0))
+
+
+def draw_profile(rng: np.random.Generator) -> ScannerProfile:
+    """Draw a scanner profile (vendor, kernel, dose, kVp, spacing, thickness)."""
+    manufacturer = list(VENDORS)[int(rng.integers(len(VENDORS)))]
+    model, soft_name, sharp_name = VENDORS[manufacturer]
+    kernel = KERNELS[int(rng.random() < 0.4)]
+    kvp = float(rng.choice([100.0, 120.0, 120.0, 140.0]))
+    exposure = float(np.round(np.exp(rng.uniform(np.log(20.0), np.log(200.0))), 1))
+    pixel = float(np.round(rng.uniform(0.5, 0.98), 3))
+    thickness = float(np.round(rng.uniform(0.6, 3.0), 2))
+    spacing = float(np.round(max(0.6, thickness * rng.uniform(0.5, 1.0)), 2))
+    return ScannerProfile(
+        manufacturer=manufacturer,
+        model_name=model,
+        kernel=kernel,
+        convolution_kernel=sharp_name if kernel == "sharp" else soft_name,
+        kvp=kvp,
+        exposure_mas=exposure,
+        pixel_spacing_mm=pixel,
+        slice_thickness_mm=thickness,
+        slice_spacing_mm=spacing,
+        noise_sd_hu=noise_sd_hu(kernel, exposure, kvp, thickness),
+    )
+
+
+def _thickness_weights(thickness_mm: float, spacing_z_mm: float) -> NDArray[np.float64]:
+    """Box profile of width ``thickness_mm`` sampled on the z grid, fractional end weights."""
+    width = thickness_mm / spacing_z_mm
+    half = width / 2.0
+    n = int(np.ceil(half - 0.5))
+    offsets = np.arange(-n, n + 1, dtype=np.float64)
+    weights = np.clip(np.minimum(offsets + 0.5, half) - np.maximum(offsets - 0.5, -half), 0, 1)
+    return weights / weights.sum()
+
+
+def correlated_noise(
+    shape_zyx: tuple[int, ...], spacing_mm: tuple[float, float, float], kernel: str, rng: np.random.Generator
+) -> NDArray[np.float32]:
+    """Unit-sd noise with the in-plane texture of ``kernel`` (smooth: soft; grainy: sharp)."""
+    white = rng.standard_normal(shape_zyx, dtype=np.float32)
+    sigma_vox = [0.0, 0.6 / spacing_mm[1] + 0.35, 0.6 / spacing_mm[2] + 0.35]
+    smooth = ndimage.gaussian_filter(white, sigma_vox, mode="wrap")
+    noise = smooth if kernel == "soft" else white - 0.7 * smooth
+    sub = noise.ravel()[:: max(1, noise.size // 200_000)]
+    return (noise / max(float(sub.std()), 1e-6)).astype(np.float32)
+
+
+def apply_profile(
+    image_hu: NDArray[np.floating],
+    spacing_mm: tuple[float, float, float],
+    profile: ScannerProfile,
+    rng: np.random.Generator,
+) -> NDArray[np.float32]:
+    """Image an ideal phantom with a scanner: PSF blur, slice thickness averaging, noise.
+
+    Args:
+        image_hu: ideal (noise-free) volume (z, y, x) in HU.
+        spacing_mm: grid spacing (z, y, x) in mm.
+        profile: the scanner.
+        rng: random generator for the noise.
+
+    Returns:
+        The scanned volume in HU, float32.
+    """
+    image = np.asarray(image_hu, dtype=np.float32)
+    psf = PSF_SIGMA_MM[profile.kernel]
+    sigma_vox = [0.0, psf / spacing_mm[1], psf / spacing_mm[2]]
+    out = ndimage.gaussian_filter(image, sigma_vox, truncate=3.0) if max(sigma_vox) > 0.2 else image
+    if profile.kernel == "sharp":
+        amount, sigma_mm = SHARP_ENHANCE
+        wide = ndimage.gaussian_filter(out, [0.0, sigma_mm / spacing_mm[1], sigma_mm / spacing_mm[2]])
+        out = out + amount * (out - wide)
+    if profile.slice_thickness_mm > spacing_mm[0] * 1.05:
+        weights = _thickness_weights(profile.slice_thickness_mm, spacing_mm[0])
+        out = ndimage.convolve1d(out, weights, axis=0, mode="nearest")
+    noise = correlated_noise(out.shape, spacing_mm, profile.kernel, rng)
+    return (out + profile.noise_sd_hu * noise).astype(np.float32)

@@ -1,0 +1,171 @@
+"""Nodule growth: the Lung-RADS growth definition and volume doubling time (VDT).
+
+Sources (``reference/lung-rads.md``, ``reference/risk-models.md``): Lung-RADS v2022 growth is a
+mean-diameter increase of >1.5 mm within 12 months; VDT is the modified Schwartz formula
+``VDT = t ln 2 / ln(V2 / V1)`` (t in days), or with a spherical nodule (V ∝ D³)
+``VDT = t ln 2 / (3 ln(D2 / D1))``.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+import numpy as np
+
+from lungvlm.clinical.lungrads import round_diameter_mm
+
+#: Lung-RADS v2022 growth: mean diameter up by more than this (mm) ...
+LUNGRADS_GROWTH_MM: float = 1.5
+#: ... within this many months.
+LUNGRADS_GROWTH_WINDOW_MONTHS: float = 12.0
+
+
+def _positive(name: str, value: float, unit: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}={value!r} must be a number ({unit})")
+    number = float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name}={value!r} must be a positive finite number ({unit})")
+    return number
+
+
+def _change_mm(previous_mm: float, current_mm: float) -> Decimal:
+    """Change of the 0.1 mm-rounded mean diameters, exact in decimal (no float artefacts)."""
+    previous = Decimal(repr(round_diameter_mm(previous_mm)))
+    current = Decimal(repr(round_diameter_mm(current_mm)))
+    return current - previous
+
+
+def is_lungrads_growth(
+    previous_mean_diameter_mm: float, current_mean_diameter_mm: float, interval_months: float
+) -> bool:
+    """Whether a nodule meets the Lung-RADS v2022 growth definition.
+
+    Growth is a mean-diameter increase of >1.5 mm within 12 months (Lung-RADS v2022). Both
+    diameters are rounded to 0.1 mm first, as Lung-RADS reports them, so 6.0 -> 7.5 mm is not
+    growth and 6.0 -> 7.6 mm is. Over an interval of more than 12 months this returns False:
+    v2022 handles slow growth over several screens with a separate category 4B rule, which
+    needs the whole history (see :func:`growth_status`).
+
+    Args:
+        previous_mean_diameter_mm: Mean diameter on the prior CT (mm), > 0.
+        current_mean_diameter_mm: Mean diameter on the current CT (mm), > 0.
+        interval_months: Time between the two CTs (months), > 0.
+
+    Raises:
+        ValueError: if a diameter or the interval is not positive and finite.
+    """
+    _positive("previous_mean_diameter_mm", previous_mean_diameter_mm, "mm")
+    _positive("current_mean_diameter_mm", current_mean_diameter_mm, "mm")
+    interval = _positive("interval_months", interval_months, "months")
+    if interval > LUNGRADS_GROWTH_WINDOW_MONTHS:
+        return False
+    change = _change_mm(previous_mean_diameter_mm, current_mean_diameter_mm)
+    return change > Decimal(repr(LUNGRADS_GROWTH_MM))
+
+
+def growth_status(prev_mm: float, curr_mm: float, interval_months: float) -> str:
+    """Classify the change of a nodule's mean diameter as "growing", "stable" or "smaller".
+
+    Rule (diameters rounded to 0.1 mm first):
+
+    - "growing": increase >1.5 mm (the Lung-RADS v2022 growth amount). Within 12 months this
+      is Lung-RADS growth (:func:`is_lungrads_growth`). Project choice: a longer interval with
+      the same increase is also "growing", so that a grown nodule is never called stable;
+      v2022 calls growth over several screens "slow growth" (category 4B), which needs the
+      history of every screen and is left to the caller.
+    - "smaller": decrease >1.5 mm. Project choice, symmetric to growth; the reference defines
+      no threshold for shrinkage. For :func:`lungvlm.clinical.lungrads.categorize` pass a
+      smaller nodule as status "stable" (the v2022 stepped rules read "stable or smaller").
+    - "stable": anything else.
+
+    Args:
+        prev_mm: Mean diameter on the prior CT (mm), > 0.
+        curr_mm: Mean diameter on the current CT (mm), > 0.
+        interval_months: Time between the two CTs (months), > 0.
+
+    Raises:
+        ValueError: if a diameter or the interval is not positive and finite.
+    """
+    _positive("prev_mm", prev_mm, "mm")
+    _positive("curr_mm", curr_mm, "mm")
+    _positive("interval_months", interval_months, "months")
+    change = _change_mm(prev_mm, curr_mm)
+    threshold = Decimal(repr(LUNGRADS_GROWTH_MM))
+    if change > threshold:
+        return "growing"
+    if change < -threshold:
+        return "smaller"
+    return "stable"
+
+
+def volume_doubling_time_days(
+    volume1_mm3: float, volume2_mm3: float, interval_days: float
+) -> float:
+    """Volume doubling time ``t ln 2 / ln(V2 / V1)`` in days (modified Schwartz formula).
+
+    Source: ``reference/risk-models.md`` (as quoted by several calculators). VDT <400 days is in
+    the range of most malignancies and >600 days typical of benign lesions (quoted thresholds,
+    not confirmed from the BTS guideline); VDT from small changes is very sensitive to
+    measurement error.
+
+    Args:
+        volume1_mm3: Volume on the earlier CT (mm³), > 0.
+        volume2_mm3: Volume on the later CT (mm³), > 0.
+        interval_days: Time between the CTs (days), > 0.
+
+    Returns:
+        VDT in days; ``math.inf`` for equal volumes; negative for a shrinking nodule (its
+        magnitude is then the volume halving time).
+
+    Raises:
+        ValueError: if a volume or the interval is not positive and finite.
+    """
+    v1 = _positive("volume1_mm3", volume1_mm3, "mm³")
+    v2 = _positive("volume2_mm3", volume2_mm3, "mm³")
+    days = _positive("interval_days", interval_days, "days")
+    if v1 == v2:
+        return math.inf
+    return days * math.log(2.0) / math.log(v2 / v1)
+
+
+def volume_doubling_time_from_diameters_days(
+    d1_mm: float, d2_mm: float, interval_days: float
+) -> float:
+    """VDT in days from two diameters, treating the nodule as a sphere (V ∝ D³).
+
+    ``VDT = t ln 2 / (3 ln(D2 / D1))`` (``reference/risk-models.md``); e.g. 6 -> 8 mm in 90 days
+    gives 72.3 days. Diameters are used as given (not rounded). Equal diameters give
+    ``math.inf``; shrinking gives a negative value.
+
+    Raises:
+        ValueError: if a diameter or the interval is not positive and finite.
+    """
+    d1 = _positive("d1_mm", d1_mm, "mm")
+    d2 = _positive("d2_mm", d2_mm, "mm")
+    days = _positive("interval_days", interval_days, "days")
+    if d1 == d2:
+        return math.inf
+    return days * math.log(2.0) / (3.0 * math.log(d2 / d1))
+
+
+def volume_after_days(volume_mm3: float, vdt_days: float, days: float) -> float:
+    """Volume (mm³) after ``days`` of exponential growth: ``V · 2 ** (days / vdt_days)``.
+
+    The exponential model behind the Schwartz VDT formula (``reference/risk-models.md``); used
+    to grow phantom nodules. ``vdt_days=math.inf`` keeps the volume; a negative VDT shrinks it;
+    negative ``days`` goes back in time.
+
+    Raises:
+        ValueError: if ``volume_mm3`` is not positive and finite, ``vdt_days`` is 0 or NaN,
+            or ``days`` is not finite.
+    """
+    volume = _positive("volume_mm3", volume_mm3, "mm³")
+    if math.isnan(vdt_days) or vdt_days == 0:
+        raise ValueError(
+            f"vdt_days={vdt_days!r} must be a non-zero number of days (math.inf for no growth)"
+        )
+    if not math.isfinite(days):
+        raise ValueError(f"days={days!r} must be a finite number of days")
+    return volume * 2.0 ** (days / vdt_days)

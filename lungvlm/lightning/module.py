@@ -1,0 +1,317 @@
+"""One LightningModule for every training stage; stages differ by YAML, not by subclass.
+
+The module receives the encoder and factories of the heads (each factory is called with the
+encoder's ``feature_info``, so heads read channels and strides instead of hard-coding them). It
+owns the loss weighting, one torchmetrics object per split and task, and the optimizer; one
+shared step returns named losses whose weighted sum is the total.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lungvlm.lightning.checkpointing import (
+    CHECKPOINT_KEY,
+    inference_metadata,
+    load_weights_non_strict,
+    read_checkpoint,
+)
+from lungvlm.losses.masking import apply_mask, batch_block_mask, masked_reconstruction_loss
+from lungvlm.losses.segmentation import DiceHausdorffLoss
+from lungvlm.metrics.crop_segmentation import SegmentationMetrics
+from lungvlm.models.encoder import MultiScaleEncoder3D
+from lungvlm.models.heads.reconstruction import ReconstructionHead
+from lungvlm.models.heads.segmentation import SegmentationHead
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["pretrain", "segment", "vision_language"]
+STAGES: tuple[str, ...] = ("pretrain", "segment", "vision_language")
+HeadFactory = Callable[[Sequence[dict]], nn.Module]
+
+
+#: Constructor arguments that are modules or factories rather than plain values.
+MODULE_ARGUMENTS: tuple[str, ...] = (
+    "encoder",
+    "seg_head",
+    "recon_head",
+    "seg_loss",
+    "optimizer",
+    "lr_scheduler",
+)
+
+
+def _built_by_cli() -> bool:
+    """Whether LightningCLI is instantiating this module (it supplies the config as hparams)."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # private API moved: fall back to the safe choice
+        return False
+    return _given_hyperparameters.get() is not None
+
+
+def _build(
+    factory: nn.Module | HeadFactory | None, feature_info: Sequence[dict]
+) -> nn.Module | None:
+    """Return ``factory`` itself if it is already a module, else ``factory(feature_info)``."""
+    if factory is None or isinstance(factory, nn.Module):
+        return factory
+    return factory(feature_info)
+
+
+class LungVLMModule(L.LightningModule):
+    """Training, validation and test logic of stages 1 (pretrain) and 2 (segment).
+
+    Args:
+        encoder: the shared multi-scale 3D encoder.
+        stage: which stage this run trains: "pretrain", "segment" or "vision_language".
+        seg_head: segmentation head (or a factory taking the encoder's ``feature_info``).
+        recon_head: reconstruction head for masked-volume pretraining (or its factory).
+        seg_loss: Dice + Hausdorff loss of the segmentation head.
+        loss_weights: weight of each named loss in the total (missing names weigh 1.0).
+        mask_block_size_vox: (z, y, x) size of the masked sub-volumes of stage 1, in voxels.
+        mask_ratio: fraction of the crop masked in stage 1.
+        mask_fill_value: normalised intensity written into masked voxels.
+        optimizer: optimizer factory (called with the parameters).
+        lr_scheduler: optional learning-rate scheduler factory (called with the optimizer).
+        init_from: checkpoint of a previous stage to initialise from (non-strict, by name+shape).
+        init_from_required: raise if ``init_from`` is missing instead of training from scratch.
+        image_log_every_n_epochs: log input / masked / reconstruction images every N epochs.
+    """
+
+    def __init__(
+        self,
+        encoder: MultiScaleEncoder3D,
+        stage: Stage = "segment",
+        seg_head: HeadFactory | None = None,
+        recon_head: HeadFactory | None = None,
+        seg_loss: DiceHausdorffLoss | None = None,
+        loss_weights: dict[str, float] | None = None,
+        mask_block_size_vox: tuple[int, int, int] = (4, 4, 4),
+        mask_ratio: float = 0.6,
+        mask_fill_value: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        init_from: str | None = None,
+        init_from_required: bool = False,
+        image_log_every_n_epochs: int = 1,
+    ) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"stage={stage!r} is not a stage; expected one of {STAGES}")
+        # Under LightningCLI the hparams are the parsed config (class paths, plain values), which
+        # lets `load_from_checkpoint` rebuild the model; built objects passed in directly (tests,
+        # notebooks) are not picklable config, so they are left out.
+        self.save_hyperparameters(ignore=None if _built_by_cli() else list(MODULE_ARGUMENTS))
+        self.stage = stage
+        self.encoder = encoder
+        info = encoder.feature_info
+        self.seg_head: SegmentationHead | None = _build(seg_head, info)
+        self.recon_head: ReconstructionHead | None = _build(recon_head, info)
+        if stage == "pretrain" and self.recon_head is None:
+            raise ValueError("stage='pretrain' needs a recon_head")
+        if stage in ("segment", "vision_language") and self.seg_head is None:
+            raise ValueError(f"stage={stage!r} needs a seg_head")
+        self.seg_loss = seg_loss if seg_loss is not None else DiceHausdorffLoss()
+        self.loss_weights = dict(loss_weights or {})
+        self.mask_block_size_vox = tuple(mask_block_size_vox)
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1); got {mask_ratio}")
+        self.mask_ratio = mask_ratio
+        self.mask_fill_value = mask_fill_value
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.init_from = init_from
+        self.init_from_required = init_from_required
+        self.image_log_every_n_epochs = image_log_every_n_epochs
+        self.normalization: dict[str, float] = {"hu_min": -1000.0, "hu_max": 400.0}
+        self.seg_metrics = nn.ModuleDict(
+            {split: SegmentationMetrics() for split in ("val", "test")}
+        )
+        self._initialised_from: str | None = None
+        self._maybe_init_from()
+
+    # ------------------------------------------------------------------ set-up
+    def _maybe_init_from(self) -> None:
+        if not self.init_from:
+            return
+        try:
+            checkpoint = read_checkpoint(self.init_from)
+        except FileNotFoundError:
+            if self.init_from_required:
+                raise
+            log.warning("init_from=%s does not exist: training from scratch", self.init_from)
+            return
+        report = load_weights_non_strict(self, checkpoint["state_dict"])
+        meta = checkpoint.get(CHECKPOINT_KEY, {})
+        if "normalization" in meta:
+            self.normalization = dict(meta["normalization"])
+        log.info("init_from=%s: %s", self.init_from, report.summary())
+        for name in ("missing", "unexpected", "shape_mismatch"):
+            keys = getattr(report, name)
+            if keys:
+                log.info("  %s keys (%d): %s", name, len(keys), ", ".join(keys[:20]))
+        self._initialised_from = str(self.init_from)
+        self.init_report = report
+
+    def setup(self, stage: str) -> None:
+        """Read the data's HU normalisation so checkpoints record what training used."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        norm = getattr(datamodule, "normalization", None)
+        if norm:
+            self.normalization = {k: float(v) for k, v in dict(norm).items()}
+
+    @property
+    def tasks(self) -> list[str]:
+        """Names of the tasks this stage trains."""
+        return ["reconstruction"] if self.stage == "pretrain" else ["segmentation"]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store the metadata inference needs (normalisation, labels, stage)."""
+        checkpoint[CHECKPOINT_KEY] = inference_metadata(self.stage, self.normalization, self.tasks)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the normalisation parameters saved by :meth:`on_save_checkpoint`."""
+        meta = checkpoint.get(CHECKPOINT_KEY, {})
+        if "normalization" in meta:
+            self.normalization = dict(meta["normalization"])
+
+    def configure_optimizers(self):
+        """Build the optimizer (and scheduler) from the configured factories."""
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, image: Tensor, context: Tensor | None = None) -> list[Tensor]:
+        """Segmentation logits (B, 1, D, H, W) per deep-supervision level, finest first."""
+        if self.seg_head is None:
+            raise RuntimeError("this model has no segmentation head")
+        return self.seg_head(self.encoder(image, context))
+
+    def _weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
+        return sum(self.loss_weights.get(name, 1.0) * value for name, value in losses.items())
+
+    def _reconstruction_losses(self, batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        image = batch.image
+        mask = batch_block_mask(
+            image.shape[0], image.shape[2:], self.mask_block_size_vox, self.mask_ratio
+        ).to(image.device)
+        masked = apply_mask(image, mask, self.mask_fill_value)
+        context = batch.context if getattr(self.encoder, "use_context", False) else None
+        recon = self.recon_head(self.encoder(masked, context))
+        loss = masked_reconstruction_loss(recon, image, mask)
+        return {"reconstruction": loss}, {"masked": masked, "reconstruction": recon}
+
+    def _segmentation_losses(self, batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        context = batch.context if getattr(self.encoder, "use_context", False) else None
+        logits = self.seg_head(self.encoder(batch.image, context))
+        parts = self.seg_loss(logits, batch.seg_mask, batch.seg_present)
+        return {"segmentation": parts["total"]}, {
+            "logits": logits[0],
+            "seg_dice_loss": parts["dice"],
+            "seg_hausdorff_loss": parts["hausdorff"],
+        }
+
+    def shared_step(self, batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Compute the named losses of this stage and auxiliary outputs.
+
+        Returns:
+            (losses, outputs): ``losses`` maps task names to scalars and holds ``total``, their
+            weighted sum; ``outputs`` holds tensors used by metrics and image logging.
+        """
+        if self.stage == "pretrain":
+            losses, outputs = self._reconstruction_losses(batch)
+        else:
+            losses, outputs = self._segmentation_losses(batch)
+        losses["total"] = self._weighted_total(losses)
+        return losses, outputs
+
+    def _log_losses(
+        self, split: str, losses: dict[str, Tensor], outputs: dict, batch_size: int
+    ) -> None:
+        on_step = split == "train"
+        for name, value in losses.items():
+            key = f"{split}/loss" if name == "total" else f"{split}/{name}/loss"
+            self.log(
+                key,
+                value,
+                on_step=on_step,
+                on_epoch=True,
+                prog_bar=name == "total",
+                batch_size=batch_size,
+                sync_dist=split != "train",
+            )
+        for name in ("seg_dice_loss", "seg_hausdorff_loss"):
+            if name in outputs:
+                metric = name.removeprefix("seg_").removesuffix("_loss")
+                self.log(
+                    f"{split}/seg/{metric}_loss",
+                    outputs[name],
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=batch_size,
+                    sync_dist=split != "train",
+                )
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        losses, outputs = self.shared_step(batch)
+        self._log_losses("train", losses, outputs, batch.batch_size)
+        return losses["total"]
+
+    def _eval_step(self, split: str, batch, batch_idx: int) -> None:
+        losses, outputs = self.shared_step(batch)
+        self._log_losses(split, losses, outputs, batch.batch_size)
+        if "logits" in outputs:
+            metrics = self.seg_metrics[split]
+            metrics.update(outputs["logits"], batch.seg_mask, batch.seg_present, batch.spacing_mm)
+        if (
+            split == "val"
+            and batch_idx == 0
+            and "reconstruction" in outputs
+            and self.current_epoch % max(1, self.image_log_every_n_epochs) == 0
+        ):
+            self._log_reconstruction_images(batch.image, outputs)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("val", batch, batch_idx)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("test", batch, batch_idx)
+
+    def _log_eval_metrics(self, split: str) -> None:
+        if self.stage == "pretrain":
+            return
+        values = self.seg_metrics[split].compute()
+        for name, value in values.items():
+            self.log(f"{split}/seg/{name}", value, prog_bar=name == "dice")
+        self.seg_metrics[split].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_metrics("test")
+
+    def _log_reconstruction_images(self, image: Tensor, outputs: dict[str, Tensor]) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_image"):
+            return
+        mid = image.shape[2] // 2  # axial slice through the crop centre
+        rows = [
+            image[0, 0, mid],
+            outputs["masked"][0, 0, mid],
+            outputs["reconstruction"][0, 0, mid],
+        ]
+        grid = torch.cat([r.detach().float().clamp(0, 1) for r in rows], dim=1)
+        experiment.add_image(
+            "val/reconstruction/input_masked_reconstruction", grid[None].cpu(), self.global_step
+        )

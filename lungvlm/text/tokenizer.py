@@ -1,0 +1,228 @@
+"""Training, saving and loading the report tokenizer, and aligning report spans with tokens.
+
+The tokenizer is a byte-level BPE trained with the `tokenizers` library and wrapped as a
+`transformers` fast tokenizer, so it is saved and loaded with ``save_pretrained`` /
+``from_pretrained`` from a local folder (no hub access).
+
+Conventions chosen here (not clinical rules):
+
+- Byte-level: every byte is in the base alphabet, so no text ever maps to ``[UNK]`` and
+  ``decode(encode(text)) == text`` exactly (case, spaces and new lines included; no lower-casing).
+- Digits are split one per token before BPE, so "7.3 mm" is "7", ".", "3", " mm": the decoder
+  writes sizes digit by digit, which keeps size accuracy learnable with a small vocabulary.
+- Every encoded report is ``[BOS] text [EOS]``, right-padded with ``[PAD]``. A report longer than
+  ``max_length`` is truncated and still ends with ``[EOS]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from torch import Tensor
+from transformers import PreTrainedTokenizerFast
+
+PAD_TOKEN = "[PAD]"
+BOS_TOKEN = "[BOS]"
+EOS_TOKEN = "[EOS]"
+UNK_TOKEN = "[UNK]"
+SEP_TOKEN = "[SEP]"
+#: Special tokens in id order: [PAD] = 0, [BOS] = 1, [EOS] = 2, [UNK] = 3, [SEP] = 4.
+SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, SEP_TOKEN)
+#: Size of the byte-level base alphabet; the vocabulary must hold it plus the special tokens.
+BYTE_ALPHABET_SIZE = 256
+
+
+class CharSpan(Protocol):
+    """Anything with character bounds and a nodule index (e.g. ``data_modules.batch.ReportSpan``)."""
+
+    start: int
+    end: int
+    nodule_index: int
+
+
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 1000, min_frequency: int = 1
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on report texts.
+
+    Args:
+        texts: training corpus (report findings and impressions).
+        vocab_size: largest vocabulary size, special tokens and the 256 byte symbols included;
+            training stops earlier when no pair is frequent enough to merge.
+        min_frequency: a pair is merged only if it occurs at least this many times.
+
+    Returns:
+        A fast tokenizer with ``[PAD] [BOS] [EOS] [UNK] [SEP]`` set as pad/bos/eos/unk/sep tokens.
+
+    Raises:
+        ValueError: if ``vocab_size`` cannot hold the byte alphabet and special tokens, if
+            ``min_frequency`` < 1, or if the corpus is empty.
+    """
+    smallest = BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS)
+    if vocab_size < smallest:
+        raise ValueError(f"vocab_size must be >= {smallest} (bytes + special tokens); got {vocab_size}")
+    if min_frequency < 1:
+        raise ValueError(f"min_frequency must be >= 1; got {min_frequency}")
+    corpus = [str(t) for t in texts]
+    if not corpus:
+        raise ValueError("texts is empty; expected at least one report text to train on")
+
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS_TOKEN} $A {EOS_TOKEN}",
+        special_tokens=[
+            (BOS_TOKEN, tokenizer.token_to_id(BOS_TOKEN)),
+            (EOS_TOKEN, tokenizer.token_to_id(EOS_TOKEN)),
+        ],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=PAD_TOKEN,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=UNK_TOKEN,
+        sep_token=SEP_TOKEN,
+        padding_side="right",
+        # Keep spaces exactly as written: " ." must not be collapsed to "." on decode.
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | Path) -> Path:
+    """Save ``tokenizer`` in the transformers fast-tokenizer format; returns the folder."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
+    """Load a tokenizer saved by :func:`save_tokenizer` from a local folder (no network).
+
+    Raises:
+        FileNotFoundError: if ``directory`` holds no ``tokenizer.json``.
+    """
+    path = Path(directory)
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(
+            f"no tokenizer.json in {path}; train one with train_tokenizer() and save_tokenizer()"
+        )
+    return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+
+
+def _check_max_length(max_length: int) -> None:
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2 to hold [BOS] and [EOS]; got {max_length}")
+
+
+def encode_reports(
+    tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], max_length: int
+) -> tuple[Tensor, Tensor]:
+    """Encode reports as ``[BOS] text [EOS]`` padded/truncated to ``max_length`` tokens.
+
+    Returns:
+        ids: (B, T) int64 token ids, T = ``max_length``, right-padded with ``[PAD]``.
+        attention: (B, T) int64, 1 for real tokens (BOS and EOS included), 0 for padding.
+
+    Raises:
+        ValueError: if ``max_length`` < 2 or ``texts`` is a single string.
+    """
+    _check_max_length(max_length)
+    if isinstance(texts, str):
+        raise ValueError("texts must be a sequence of strings, not one string")
+    encoded = tokenizer(
+        list(texts),
+        padding="max_length",
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+    )
+    return encoded["input_ids"].long(), encoded["attention_mask"].long()
+
+
+def char_spans_to_token_labels(
+    tokenizer: PreTrainedTokenizerFast,
+    text: str,
+    spans: Sequence[CharSpan],
+    max_length: int,
+) -> Tensor:
+    """Label each token of ``text`` (encoded as by :func:`encode_reports`) with its nodule index.
+
+    A token belongs to a span when its characters, leading white space excluded (byte-level
+    tokens carry the preceding space, e.g. " nodule"), overlap the span ``[start, end)``. When a
+    token overlaps several spans the one with the largest overlap wins (first on ties). Special
+    tokens, padding, pure white-space tokens and tokens outside every span get -1, as do spans
+    whose ``nodule_index`` is -1 (exam-level text).
+
+    Returns:
+        (T,) int64, T = ``max_length``.
+
+    Raises:
+        ValueError: if ``max_length`` < 2 or a span's bounds are not ``0 <= start < end <= len(text)``.
+    """
+    _check_max_length(max_length)
+    for span in spans:
+        if not 0 <= span.start < span.end <= len(text):
+            raise ValueError(
+                f"span ({span.start}, {span.end}) is outside the text of {len(text)} characters; "
+                "expected 0 <= start < end <= len(text)"
+            )
+    encoded = tokenizer(
+        text,
+        padding="max_length",
+        truncation=True,
+        max_length=max_length,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+    )
+    labels = torch.full((max_length,), -1, dtype=torch.int64)
+    offsets = encoded["offset_mapping"]
+    special = encoded["special_tokens_mask"]
+    for position, ((start, end), is_special) in enumerate(zip(offsets, special, strict=True)):
+        if is_special or end <= start:
+            continue
+        piece = text[start:end]
+        start += len(piece) - len(piece.lstrip())
+        if start >= end:
+            continue
+        best_overlap = 0
+        for span in spans:
+            overlap = min(end, span.end) - max(start, span.start)
+            if overlap > best_overlap:
+                best_overlap = overlap
+                labels[position] = int(span.nodule_index)
+    return labels
+
+
+__all__ = [
+    "BOS_TOKEN",
+    "EOS_TOKEN",
+    "PAD_TOKEN",
+    "SEP_TOKEN",
+    "SPECIAL_TOKENS",
+    "UNK_TOKEN",
+    "char_spans_to_token_labels",
+    "encode_reports",
+    "load_tokenizer",
+    "save_tokenizer",
+    "train_tokenizer",
+]

@@ -71,7 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if namespace.command is None:
         parser.print_help()
         return 0
-    result = namespace.func(namespace)
+    try:
+        result = namespace.func(namespace)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        # Bad input (a data file, a folder, a checkpoint): one clear line, non-zero exit.
+        print(f"lungvlm {namespace.command}: error: {err}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -20,7 +20,10 @@ FEATURE_INFO = [{"channels": 4 * 2**i, "stride": 2**i} for i in range(5)]
 
 
 def _features(side: int = 32, batch: int = 2) -> list[torch.Tensor]:
-    return [torch.randn(batch, info["channels"], *(side // info["stride"],) * 3) for info in FEATURE_INFO]
+    return [
+        torch.randn(batch, info["channels"], *(side // info["stride"],) * 3)
+        for info in FEATURE_INFO
+    ]
 
 
 # --- visual tokens -----------------------------------------------------------------------------
@@ -54,7 +57,15 @@ def test_sinusoidal_position_hand_values():
     # are (index + 0.5) * 2 - 0.5 = 0.5, 2.5.
     emb = sinusoidal_position_3d((1, 2, 1), (2, 2, 2), dim=7)
     c0, c1 = 0.5, 2.5
-    expected_row1 = [math.sin(c0), math.cos(c0), math.sin(c1), math.cos(c1), math.sin(c0), math.cos(c0), 0.0]
+    expected_row1 = [
+        math.sin(c0),
+        math.cos(c0),
+        math.sin(c1),
+        math.cos(c1),
+        math.sin(c0),
+        math.cos(c0),
+        0.0,
+    ]
     assert emb.shape == (2, 7)
     assert torch.allclose(emb[1], torch.tensor(expected_row1), atol=1e-6)
 
@@ -113,6 +124,20 @@ def test_level_mass_is_preserved():
     assert heat[0, 0, 8:, 8:, 8:].sum().item() == pytest.approx(0.7, abs=1e-6)
 
 
+def test_padded_input_extent():
+    # A 20^3 input seen by an encoder that padded it to 32^3: 2x2x2 cells of stride 16, the last
+    # cell of each axis covers voxels 16:32, of which only 16:20 lie in the input.
+    geometry = TokenGeometry(((2, 2, 2),), ((16, 16, 16),), (0,))
+    attention = torch.zeros(1, 1, 8)
+    attention[0, 0, 7] = 1.0
+    heat = token_heatmaps(attention, geometry, (20, 20, 20), mode="nearest")
+    assert heat.shape == (1, 1, 20, 20, 20)
+    assert heat[0, 0, 16:, 16:, 16:].sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert heat[0, 0, 16, 16, 16].item() == pytest.approx(1 / 64, abs=1e-7)
+    fractions = mask_fractions(torch.ones(1, 1, 20, 20, 20), geometry)
+    assert fractions[0, 0, [0, 1, 7]].tolist() == pytest.approx([1.0, 1 / 4, 1 / 64])
+
+
 def test_average_attention_options():
     a = torch.zeros(1, 2, 1, 2)
     a[0, 0, 0] = torch.tensor([1.0, 0.0])
@@ -123,11 +148,15 @@ def test_average_attention_options():
     assert average_attention((a, b), "last", "mean")[0, 0].tolist() == [0.0, 1.0]
     assert average_attention((a, b), 0, 1)[0, 0].tolist() == [0.5, 0.5]
     # max over heads of layer a is [1.0, 0.5], renormalised to [2/3, 1/3].
-    assert torch.allclose(average_attention((a,), "mean", "max")[0, 0], torch.tensor([2 / 3, 1 / 3]))
+    assert torch.allclose(
+        average_attention((a,), "mean", "max")[0, 0], torch.tensor([2 / 3, 1 / 3])
+    )
     with pytest.raises(ValueError, match="did you mean 'mean'"):
         average_attention((a, b), layers="meen")
     with pytest.raises(ValueError, match="mode must be one of"):
-        token_heatmaps(a[:, 0], TokenGeometry(((1, 1, 2),), ((1, 1, 1),), (0,)), (1, 1, 2), mode="cubic")
+        token_heatmaps(
+            a[:, 0], TokenGeometry(((1, 1, 2),), ((1, 1, 1),), (0,)), (1, 1, 2), mode="cubic"
+        )
 
 
 # --- grounding losses --------------------------------------------------------------------------
@@ -179,7 +208,9 @@ def test_grounding_loss_averages_over_labelled_tokens_and_selects_channels():
     masks = torch.cat([_mask_8(), torch.zeros(1, 1, 8, 8, 8)], dim=1)
     masks[0, 1, 4:8, 4:8, 4:8] = 1.0  # nodule 1 fills cell 7
     token_nodule = torch.tensor([[-1, 0, 1]])
-    loss = mention_grounding_loss_token_grid(att, GEOMETRY_8, token_nodule, masks, torch.tensor([True]))
+    loss = mention_grounding_loss_token_grid(
+        att, GEOMETRY_8, token_nodule, masks, torch.tensor([True])
+    )
     expected = (-math.log(0.7 + 1e-6) - math.log(0.75 + 1e-6)) / 2
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     # The "reading" convention (query t grounds token t) picks queries 1 and 2 instead.
@@ -218,8 +249,14 @@ def test_grounding_loss_errors():
     att = _attention({0: 1.0})
     with pytest.raises(ValueError, match="names nodule 2 but masks has only K=2"):
         mention_grounding_loss_token_grid(
-            att, GEOMETRY_8, torch.tensor([[-1, 2, -1]]), torch.ones(1, 2, 8, 8, 8), torch.tensor([True])
+            att,
+            GEOMETRY_8,
+            torch.tensor([[-1, 2, -1]]),
+            torch.ones(1, 2, 8, 8, 8),
+            torch.tensor([True]),
         )
     with pytest.raises(ValueError, match="must share"):
-        mention_grounding_loss(torch.ones(1, 3, 4, 4, 4), torch.zeros(1, 3), _mask_8(), torch.tensor([True]))
+        mention_grounding_loss(
+            torch.ones(1, 3, 4, 4, 4), torch.zeros(1, 3), _mask_8(), torch.tensor([True])
+        )
     assert query_labels(torch.tensor([[5, 6, 7]]), 1).tolist() == [[6, 7, -1]]

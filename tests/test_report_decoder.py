@@ -15,7 +15,9 @@ VOCAB = 40
 @pytest.fixture(scope="module")
 def decoder():
     torch.manual_seed(0)
-    return ReportDecoder(VOCAB, d_model=32, n_layers=2, n_heads=4, max_length=16, dropout=0.0).eval()
+    return ReportDecoder(
+        VOCAB, d_model=32, n_layers=2, n_heads=4, max_length=16, dropout=0.0
+    ).eval()
 
 
 def _batch():

@@ -73,7 +73,11 @@ def test_defaults_match_omission_defaults():
         ({"mean_diameter_mm": float("nan")}, ValueError, r"mean_diameter_mm=nan"),
         ({"mean_diameter_mm": "7"}, TypeError, r"mean_diameter_mm='7' must be a real number"),
         ({"attenuation": "part_solid"}, ValueError, r"solid_component_mm=None with attenuation"),
-        ({"solid_component_mm": 3.0}, ValueError, r"solid_component_mm=3.0 with attenuation='solid'"),
+        (
+            {"solid_component_mm": 3.0},
+            ValueError,
+            r"solid_component_mm=3.0 with attenuation='solid'",
+        ),
         (
             {"attenuation": "part_solid", "solid_component_mm": 8.0},
             ValueError,

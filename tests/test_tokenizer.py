@@ -66,7 +66,9 @@ def test_encode_reports_pads_and_truncates(tokenizer):
     assert ids[0, n_short:].tolist() == [tokenizer.pad_token_id] * 3
     # The long report is truncated but still framed by [BOS] ... [EOS].
     assert attention[1].sum().item() == t
-    assert ids[1, 0].item() == tokenizer.bos_token_id and ids[1, -1].item() == tokenizer.eos_token_id
+    assert (
+        ids[1, 0].item() == tokenizer.bos_token_id and ids[1, -1].item() == tokenizer.eos_token_id
+    )
 
 
 def test_span_labels_on_hand_built_example(tokenizer):
@@ -83,7 +85,8 @@ def test_span_labels_on_hand_built_example(tokenizer):
         ("4", 1), ("Ġmm", 1), ("Ġnodule", 1),
         ("Ġ(", -1), ("[EOS]", -1),
     ]  # fmt: skip
-    assert list(zip(tokenizer.convert_ids_to_tokens(ids[0]), labels.tolist())) == expected
+    tokens = tokenizer.convert_ids_to_tokens(ids[0])
+    assert list(zip(tokens, labels.tolist(), strict=True)) == expected
 
 
 def test_exam_level_spans_and_padding_are_unlabelled(tokenizer):

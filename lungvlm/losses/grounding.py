@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lungvlm.models.grounding import average_attention
+from lungvlm.models.grounding import average_attention, fit_to_shape
 from lungvlm.models.visual_tokens import TokenGeometry
 
 
@@ -52,15 +52,19 @@ def query_labels(token_nodule: Tensor, query_offset: int = 1) -> Tensor:
 def mask_fractions(masks: Tensor, geometry: TokenGeometry) -> Tensor:
     """Fraction of each visual token's cell inside each mask: (B, K, D, H, W) -> (B, K, N).
 
-    Each level's fraction is an adaptive average pool of the mask onto the level's grid, i.e. an
-    exact block average when the input is a multiple of the level's stride.
+    Each level's fraction is the block average of the mask over the cell's stride block; a level
+    of ``n`` cells with stride ``s`` covers voxels ``[0, n * s)`` (the mask is zero-padded at the
+    end, as encoders pad their input, so padded voxels count as outside the mask).
     """
     if masks.ndim != 5:
         raise ValueError(f"masks must be (B, K, D, H, W); got {tuple(masks.shape)}")
     masks = masks.float()
-    return torch.cat(
-        [F.adaptive_avg_pool3d(masks, shape).flatten(2) for shape in geometry.level_shapes], dim=2
-    )
+    fractions = []
+    for shape, stride in zip(geometry.level_shapes, geometry.level_strides, strict=True):
+        extent = [n * s for n, s in zip(shape, stride, strict=True)]
+        block = F.avg_pool3d(fit_to_shape(masks, extent), kernel_size=stride, stride=stride)
+        fractions.append(block.flatten(2))
+    return torch.cat(fractions, dim=2)
 
 
 def _nll_of_mass(

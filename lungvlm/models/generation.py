@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from transformers import Cache, PreTrainedTokenizerBase
 
 from lungvlm.models.report_decoder import ReportDecoder
 
@@ -63,7 +64,14 @@ def _check(decoder: ReportDecoder, visual_tokens: Tensor, max_new_tokens: int) -
         )
 
 
-def _step(decoder, sequence, visual_tokens, visual_mask, cache, use_cache):
+def _step(
+    decoder: ReportDecoder,
+    sequence: Tensor,
+    visual_tokens: Tensor,
+    visual_mask: Tensor | None,
+    cache: Cache | None,
+    use_cache: bool,
+) -> tuple[Tensor, list[Tensor], Cache | None]:
     """Last-position log-probs (B, V), cross-attentions per layer (B, heads, N) and the cache."""
     fed = sequence[:, -1:] if (use_cache and cache is not None) else sequence
     # Every position is real (tokens after [EOS] are ignored by the caller), so attend to all.
@@ -98,7 +106,7 @@ def greedy_generate(
     max_new_tokens: int,
     visual_mask: Tensor | None = None,
     use_cache: bool = True,
-    tokenizer=None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> GenerationOutput:
     """Greedy decoding from ``[BOS]`` until every sequence has emitted ``[EOS]`` or the limit.
 
@@ -144,7 +152,7 @@ def beam_search_generate(
     num_beams: int = 4,
     length_penalty: float = 1.0,
     visual_mask: Tensor | None = None,
-    tokenizer=None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> GenerationOutput:
     """Beam search with a KV cache; returns the best beam per crop.
 
@@ -216,7 +224,7 @@ def beam_search_generate(
 
 
 def generated_token_offsets(
-    tokenizer, token_ids: Sequence[int] | Tensor
+    tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int] | Tensor
 ) -> tuple[str, list[tuple[int, int]]]:
     """Decode generated ids and give each token its (start, end) character span in the text.
 

@@ -5,6 +5,9 @@ layers, split by encoder level with :class:`~lungvlm.models.visual_tokens.TokenG
 reshaped to each level's (d, h, w) grid, upsampled to the input (D, H, W), rescaled so each
 level keeps its attention mass, and summed over levels. Because the attention over the N tokens
 sums to one, every heatmap sums to one over the voxels: it is a distribution over the input.
+A level of ``n`` cells with stride ``s`` covers voxels ``[0, n * s)`` of each axis (encoders pad
+the input at the end); mass falling on padded voxels beyond the input is dropped and the map
+renormalised.
 
 Which token a heatmap grounds: the report decoder's query ``q`` produces token ``q + 1``
 (see :mod:`lungvlm.models.report_decoder`); generation already stores, for each generated token,
@@ -60,7 +63,9 @@ def average_attention(
         raise ValueError("cross_attentions is empty; expected one (B, heads, T, N) per layer")
     for i, att in enumerate(cross_attentions):
         if att.ndim != 4:
-            raise ValueError(f"cross_attentions[{i}] must be (B, heads, T, N); got {tuple(att.shape)}")
+            raise ValueError(
+                f"cross_attentions[{i}] must be (B, heads, T, N); got {tuple(att.shape)}"
+            )
     if isinstance(layers, int):
         stacked = cross_attentions[layers].unsqueeze(0)
     else:
@@ -77,6 +82,18 @@ def average_attention(
             per_layer = stacked.amax(2)
             per_layer = per_layer / per_layer.sum(-1, keepdim=True).clamp_min(1e-12)
     return per_layer.mean(0)
+
+
+def fit_to_shape(volume: Tensor, size_dhw: Sequence[int]) -> Tensor:
+    """Zero-pad at the end or crop the last three axes of ``volume`` to ``size_dhw``.
+
+    Matches encoders that pad their input at the end of each axis to a multiple of the coarsest
+    stride: a level of ``n`` cells with stride ``s`` covers voxels ``[0, n * s)`` of the input.
+    """
+    d, h, w = (int(n) for n in size_dhw)
+    volume = volume[..., :d, :h, :w]
+    pads = (0, w - volume.shape[-1], 0, h - volume.shape[-2], 0, d - volume.shape[-3])
+    return F.pad(volume, pads) if any(pads) else volume
 
 
 def attention_level_grids(attention: Tensor, geometry: TokenGeometry) -> list[Tensor]:
@@ -123,20 +140,26 @@ def token_heatmaps(
     """
     _check_option("mode", mode, UPSAMPLE_MODES)
     if len(input_shape_dhw) != 3 or min(input_shape_dhw) < 1:
-        raise ValueError(f"input_shape_dhw must be 3 positive ints (D, H, W); got {input_shape_dhw}")
+        raise ValueError(
+            f"input_shape_dhw must be 3 positive ints (D, H, W); got {input_shape_dhw}"
+        )
     size = tuple(int(s) for s in input_shape_dhw)
     attention = average_attention(cross_attentions, layers, heads).float()
     b, t, _ = attention.shape
     heatmap = attention.new_zeros((b * t, 1, *size))
-    for grid in attention_level_grids(attention, geometry):
+    grids = attention_level_grids(attention, geometry)
+    for grid, stride in zip(grids, geometry.level_strides, strict=True):
         cells = grid.reshape(b * t, 1, *grid.shape[2:])  # (B*T, 1, d, h, w)
+        extent = tuple(n * s for n, s in zip(cells.shape[2:], stride, strict=True))
         kwargs = {"align_corners": False} if mode == "trilinear" else {}
-        up = F.interpolate(cells, size=size, mode=mode, **kwargs)
+        up = F.interpolate(cells, size=extent, mode=mode, **kwargs)
         # Interpolation changes the total (each cell covers stride^3 voxels); rescale so the
         # level keeps the attention mass it had over its tokens.
         mass = cells.sum(dim=(2, 3, 4), keepdim=True)
         up_mass = up.sum(dim=(2, 3, 4), keepdim=True)
-        heatmap = heatmap + up * (mass / up_mass.clamp_min(1e-12))
+        heatmap = heatmap + fit_to_shape(up * (mass / up_mass.clamp_min(1e-12)), size)
+    # Mass on voxels the encoder padded beyond the input is dropped; renormalise to one.
+    heatmap = heatmap / heatmap.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1e-12)
     return heatmap.reshape(b, t, *size)
 
 
@@ -146,5 +169,6 @@ __all__ = [
     "UPSAMPLE_MODES",
     "attention_level_grids",
     "average_attention",
+    "fit_to_shape",
     "token_heatmaps",
 ]

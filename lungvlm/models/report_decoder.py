@@ -183,7 +183,9 @@ class ReportDecoder(nn.Module):
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (B, T); got {tuple(input_ids.shape)}")
         if input_ids.shape[1] > self.max_length:
-            raise ValueError(f"input_ids has {input_ids.shape[1]} tokens; max_length is {self.max_length}")
+            raise ValueError(
+                f"input_ids has {input_ids.shape[1]} tokens; max_length is {self.max_length}"
+            )
         if visual_tokens is not None and (
             visual_tokens.ndim != 3
             or visual_tokens.shape[0] != input_ids.shape[0]

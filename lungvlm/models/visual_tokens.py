@@ -23,7 +23,9 @@ from torch import Tensor, nn
 def _as_triple(stride: int | Sequence[int], name: str) -> tuple[int, int, int]:
     values = (stride,) * 3 if isinstance(stride, int) else tuple(int(s) for s in stride)
     if len(values) != 3 or min(values) < 1:
-        raise ValueError(f"{name} must be a positive int or 3 positive ints (z, y, x); got {stride}")
+        raise ValueError(
+            f"{name} must be a positive int or 3 positive ints (z, y, x); got {stride}"
+        )
     return values  # type: ignore[return-value]
 
 

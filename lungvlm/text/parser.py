@@ -10,7 +10,8 @@ Segmentation: the FINDINGS section (or the whole text when it has no section hea
 into sentences. A sentence that names a nodule ("nodule", "opacity", "GGN", ...) together with a
 location or a current size starts a new nodule; a following sentence that states nodule
 descriptors (calcification, change since prior, ...) without naming another nodule continues
-it; an emphysema sentence, or any other sentence, ends it. Conventions chosen here: a size
+it; an emphysema sentence, or any other sentence, ends it. A sentence about a nodule that also
+mentions emphysema counts as a nodule sentence. Conventions chosen here: a size
 given as "L x S mm" has mean diameter (L + S) / 2 (the first two of three dimensions); the
 management is the impression text after the Lung-RADS category; a sentence that describes
 several nodules at once is read as one nodule.
@@ -18,12 +19,14 @@ several nodules at once is read as one nodule.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from lungvlm.text import patterns as pt
 from lungvlm.text.schema import round_half_up
+from lungvlm.text.sizes import read_sizes
 from lungvlm.text.vocabulary import OMISSION_DEFAULTS
 
 
@@ -54,7 +57,9 @@ class ParsedNodule:
 
     def stated_fields(self) -> dict[str, Any]:
         """The fields the report states, by schema field name."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
 
     def with_defaults(self) -> ParsedNodule:
         """A copy with unstated calcification, pleural relation and fat set to their defaults."""
@@ -137,8 +142,14 @@ def parse_findings_fields(text: str) -> list[dict[str, Any]]:
 
 def parse_nodule_text(text: str) -> ParsedNodule:
     """Read the fields of one nodule from the sentences that describe it."""
-    nodule = ParsedNodule()
-    work = _read_sizes(text, nodule)
+    sizes = read_sizes(text)
+    nodule = ParsedNodule(
+        mean_diameter_mm=sizes.mean_diameter_mm,
+        solid_component_mm=sizes.solid_component_mm,
+        prior_mean_diameter_mm=sizes.prior_mean_diameter_mm,
+        volume_mm3=sizes.volume_mm3,
+        slice_index=sizes.slice_index,
+    )
     location = pt.LOCATION_RE.search(text)
     if location:
         nodule.side, nodule.lobe = _location(location)
@@ -151,38 +162,13 @@ def parse_nodule_text(text: str) -> ParsedNodule:
     fat = _first_value(pt.FAT_RE, text)
     nodule.contains_fat = None if fat is None else fat == "present"
     nodule.change_status = _first_value(pt.CHANGE_RE, text)
-    interval = pt.INTERVAL_RE.search(work)
+    interval = pt.INTERVAL_RE.search(sizes.remaining_text)
     if interval:
         count = interval.group("n")
         number = float(count) if count else float(pt.WORD_NUMBERS[interval.group("w").lower()])
         factor = 12.0 if interval.group("u").lower().startswith("y") else 1.0
         nodule.interval_months = round_half_up(number * factor, 1)
     return nodule
-
-
-def _read_sizes(text: str, nodule: ParsedNodule) -> str:
-    """Read volume, slice, solid component, prior and current size into ``nodule``.
-
-    Each kind is blanked out of the text once read, so the current size is the first size left
-    over. Returns the blanked text.
-    """
-    work = text
-    for match in pt.VOLUME_RE.finditer(work):
-        scale = 1000.0 if match.group("cm3") else 1.0
-        nodule.volume_mm3 = nodule.volume_mm3 or round_half_up(float(match.group("v")) * scale, 0)
-    work = _mask(work, pt.VOLUME_RE)
-    slice_match = pt.SLICE_RE.search(work)
-    if slice_match:
-        nodule.slice_index = int(slice_match.group("i"))
-        work = _mask(work, pt.SLICE_RE)
-    for regex in pt.SOLID_COMPONENT_RES:
-        value, work = _take_size(regex, work)
-        nodule.solid_component_mm = nodule.solid_component_mm or value
-    for regex in pt.PRIOR_SIZE_RES:
-        value, work = _take_size(regex, work)
-        nodule.prior_mean_diameter_mm = nodule.prior_mean_diameter_mm or value
-    nodule.mean_diameter_mm, _ = _take_size(pt.SIZE_RE, work)
-    return work
 
 
 def _split_sections(text: str) -> tuple[str, str]:
@@ -194,10 +180,10 @@ def _split_sections(text: str) -> tuple[str, str]:
     impression: list[str] = []
     for header, following in zip(headers, headers[1:] + [None], strict=True):
         body = text[header.end() : following.start() if following else len(text)]
-        name = header.group("name").lower()
-        if name in pt.IMPRESSION_SECTIONS or name == "summary":
+        name = " ".join(header.group("name").lower().split())
+        if name in pt.IMPRESSION_SECTIONS:
             impression.append(body)
-        elif name not in pt.IGNORED_SECTIONS and "history" not in name:
+        elif name not in pt.IGNORED_SECTIONS:
             findings.append(body)
     return "\n".join(findings), "\n".join(impression)
 
@@ -219,36 +205,29 @@ def _sentences(text: str) -> list[str]:
 
 def _classify(sentence: str, continuing: bool) -> str:
     """One of "nodule", "continuation", "emphysema", "skip" or "other"."""
-    if pt.CATEGORY_RE.search(sentence):
-        return "skip"
-    if pt.EMPHYSEMA_SENTENCE_RE.search(sentence):
-        return "emphysema"
     if pt.NO_NODULE_RE.search(sentence):
         return "skip"
     if pt.EXTRAPULMONARY_RE.search(sentence):
         return "other"
     if pt.NODULE_NOUN_RE.search(sentence) and (
-        pt.LOCATION_RE.search(sentence) or _current_size_mm(sentence) is not None
+        pt.LOCATION_RE.search(sentence) or read_sizes(sentence).mean_diameter_mm is not None
     ):
         return "nodule"
+    if pt.CATEGORY_RE.search(sentence):
+        return "skip"
+    if pt.EMPHYSEMA_SENTENCE_RE.search(sentence):
+        return "emphysema"
     if continuing and _states_descriptor(sentence):
         return "continuation"
     return "other"
-
-
-def _current_size_mm(sentence: str) -> float | None:
-    nodule = ParsedNodule()
-    _read_sizes(sentence, nodule)
-    return nodule.mean_diameter_mm
 
 
 def _states_descriptor(sentence: str) -> bool:
     """Whether a sentence states any nodule field (cheap: stops at the first)."""
     if any(regex.search(sentence) for regex in pt.DESCRIPTOR_RES):
         return True
-    sizes = ParsedNodule()
-    _read_sizes(sentence, sizes)
-    return any(value is not None for value in vars(sizes).values())
+    sizes = read_sizes(sentence)
+    return any(value is not None for value in dataclasses.astuple(sizes)[:-1])
 
 
 def _read_emphysema(sentence: str, report: ParsedReport) -> None:
@@ -273,46 +252,6 @@ def _read_impression(impression: str, findings: str, report: ParsedReport) -> No
     management = pt.MANAGEMENT_PREFIX_RE.sub("", " ".join(rest.split()), count=1).strip()
     management = management[:-1].rstrip() if management.endswith(".") else management
     report.management = management or None
-
-
-def _mask(text: str, regex: re.Pattern[str]) -> str:
-    """Blank out every match (same length, so offsets stay valid)."""
-    return regex.sub(lambda m: " " * len(m.group(0)), text)
-
-
-def _take_size(regex: re.Pattern[str], text: str) -> tuple[float | None, str]:
-    """The first size (mm) matched by ``regex``, and ``text`` with every size match blanked.
-
-    Matches without a unit ("prior exam 3 months") are not sizes and stay in the text.
-    """
-    first: float | None = None
-    parts: list[str] = []
-    last_end = 0
-    for match in regex.finditer(text):
-        value = _size_mm(match, "s")
-        if value is None:
-            continue
-        first = value if first is None else first
-        parts += [text[last_end : match.start()], " " * (match.end() - match.start())]
-        last_end = match.end()
-    return first, "".join(parts) + text[last_end:]
-
-
-def _size_mm(match: re.Match[str], tag: str) -> float | None:
-    """Mean diameter in mm of a size match, or None when it has no unit."""
-    numbers = [match.group(tag + k) for k in "abc"]
-    units = [match.group(tag + "u" + k) for k in "abc"]
-    count = sum(n is not None for n in numbers)
-    last_unit = next((u for u in reversed(units[:count]) if u), None)
-    if last_unit is None:
-        return None
-    values = []
-    for number, unit in zip(numbers[:2], units[:2], strict=True):
-        if number is None:
-            break
-        scale = 10.0 if (unit or last_unit).lower().startswith("c") else 1.0
-        values.append(float(number) * scale)
-    return round_half_up(sum(values) / len(values), 1)
 
 
 def _location(match: re.Match[str]) -> tuple[str, str]:

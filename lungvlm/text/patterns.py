@@ -231,7 +231,7 @@ NO_NODULE_RE = re.compile(
 #: Words that place a sentence outside the lung parenchyma (never a nodule statement).
 EXTRAPULMONARY_RE = re.compile(
     r"\b(?:thyroid|liver|hepatic|kidneys?|renal|adrenals?|spleen|splenic|pancrea\w*|breasts?|"
-    r"coronary|aort\w*|pericardi\w*|esophag\w*|hiatal|vertebra\w*|lymph)\b",
+    r"coronary|aort\w*|pericardi\w*|esophag\w*|hiatal|vertebra\w*|(?<!intrapulmonary )lymph\w*)\b",
     _FLAGS,
 )
 EMPHYSEMA_SENTENCE_RE = re.compile(
@@ -265,8 +265,21 @@ SECTION_RE = re.compile(
     r"indications?|(?:clinical\s+)?history)[ \t]*:",
     _FLAGS | re.MULTILINE,
 )
-IMPRESSION_SECTIONS: tuple[str, ...] = ("impression", "conclusion", "conclusions", "assessment")
-IGNORED_SECTIONS: tuple[str, ...] = ("technique", "comparison", "indication", "indications")
+IMPRESSION_SECTIONS: tuple[str, ...] = (
+    "impression",
+    "conclusion",
+    "conclusions",
+    "assessment",
+    "summary",
+)
+IGNORED_SECTIONS: tuple[str, ...] = (
+    "technique",
+    "comparison",
+    "indication",
+    "indications",
+    "history",
+    "clinical history",
+)
 LIST_MARKER_RE = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+")
 SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)")
 ABBREVIATION_RE = re.compile(

@@ -38,11 +38,19 @@ _AN_RE = re.compile(r"(?:[aeiou]|8|1[18](?!\d))", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class Piece:
-    """A run of report text; ``field`` names the finding it states (None for glue text)."""
+    """A run of report text.
+
+    Attributes:
+        text: the characters.
+        field: the span field it states (None for glue text).
+        nodule: nodule index of the span (-1: exam level).
+        also: further span fields the same characters state ("No calcification or fat").
+    """
 
     text: str
     field: str | None = None
     nodule: int = -1
+    also: tuple[str, ...] = ()
 
 
 def format_size_mm(value_mm: float, style: str) -> str:
@@ -123,7 +131,9 @@ def nodule_lines(nodule: NoduleFinding, index: int, chooser: Chooser) -> list[Pi
     if size_first:
         size = piece(_adjectival(size.text), "size")
     else:
-        lead, trail = chooser.pick(((", measuring ", ""), (", with a mean diameter of ", ""), (" (", ")")))
+        lead, trail = chooser.pick(
+            ((", measuring ", ""), (", with a mean diameter of ", ""), (" (", ")"))
+        )
         post.append([piece(lead), size] + ([piece(trail)] if trail else []))
     attenuation = chooser.pick(ATTENUATION_ADJECTIVES[nodule.attenuation])
     if telegraphic or chooser.chance(0.75):
@@ -170,10 +180,13 @@ def nodule_lines(nodule: NoduleFinding, index: int, chooser: Chooser) -> list[Pi
         post.append([piece(lead), piece(core, "volume")] + ([piece(trail)] if trail else []))
 
     if negatives == ["calcification", "fat"] and chooser.chance(0.5):
-        sentences.append([piece("No calcification", "calcification"), piece(" or "), piece("fat", "fat")])
+        both = Piece("No calcification or fat", "calcification", index, also=("fat",))
+        sentences.append([both])
     else:
         for name in negatives:
-            options = CALCIFICATION_NONE_SENTENCES if name == "calcification" else FAT_NONE_SENTENCES
+            options = (
+                CALCIFICATION_NONE_SENTENCES if name == "calcification" else FAT_NONE_SENTENCES
+            )
             sentences.append([piece(chooser.pick(options), name)])
     if nodule.change is not None:
         sentences.append([piece(change_sentence(nodule.change, chooser), "change")])
@@ -187,7 +200,9 @@ def nodule_lines(nodule: NoduleFinding, index: int, chooser: Chooser) -> list[Pi
     names = LOBE_PHRASES[(nodule.side, nodule.lobe)]
     location = [piece(chooser.pick(names if style.abbreviate_lobes else names[:1]), "location")]
     if nodule.slice_index is not None:
-        lead, word, trail = chooser.pick(((" (", "image", ")"), (" on ", "image", ""), (" (", "slice", ")")))
+        lead, word, trail = chooser.pick(
+            ((" (", "image", ")"), (" on ", "image", ""), (" (", "slice", ")"))
+        )
         location += [piece(lead), piece(f"{word} {nodule.slice_index}", "slice")]
         location += [piece(trail)] if trail else []
     described: list[Piece] = []
@@ -214,7 +229,7 @@ def nodule_lines(nodule: NoduleFinding, index: int, chooser: Chooser) -> list[Pi
 
 
 def _adjectival(size_text: str) -> str:
-    """"7.3 millimeters" before a noun reads "7.3-millimeter"; other formats are unchanged."""
+    """Write "7.3 millimeters" before a noun as "7.3-millimeter" (other formats unchanged)."""
     return size_text.replace(" millimeters", "-millimeter")
 
 
@@ -222,4 +237,4 @@ def _capitalize_first(pieces: list[Piece]) -> list[Piece]:
     """Upper-case the first character of a sentence (span offsets stay valid)."""
     first = pieces[0]
     text = first.text[:1].upper() + first.text[1:]
-    return [Piece(text, first.field, first.nodule), *pieces[1:]]
+    return [Piece(text, first.field, first.nodule, first.also), *pieces[1:]]

@@ -93,7 +93,8 @@ class RenderedReport:
             head's text input, which must not contain the impression.
         impression_text: the IMPRESSION section (header included), a suffix of ``text``.
         spans: one span per stated field (offsets into ``text``, and into ``findings_text``
-            for findings fields).
+            for findings fields). Two fields share one span when one phrase states both
+            ("No calcification or fat").
     """
 
     text: str
@@ -164,8 +165,8 @@ def render_report(
     for piece in pieces:
         if piece.text == "\n\n":
             findings_end = offset
-        if piece.field is not None:
-            spans.append(TextSpan(offset, offset + len(piece.text), piece.nodule, piece.field))
+        for name in (piece.field, *piece.also) if piece.field else ():
+            spans.append(TextSpan(offset, offset + len(piece.text), piece.nodule, name))
         text_parts.append(piece.text)
         offset += len(piece.text)
     text = "".join(text_parts)

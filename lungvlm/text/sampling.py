@@ -82,7 +82,7 @@ def random_nodule(rng: np.random.Generator) -> NoduleFinding:
         prior = None
         if status == "stable":
             prior = _tenth(rng, max(0.1, size_mm - 1.0), size_mm + 1.0)
-        elif status == "growing" and size_mm > 0.2:
+        elif status == "growing":  # size_mm >= 2.0, so a smaller prior exists
             prior = _tenth(rng, 0.1, size_mm - 0.1)
         elif status == "smaller":
             prior = _tenth(rng, size_mm + 0.1, size_mm + 10.0)

@@ -263,7 +263,9 @@ class ExamFindings:
             if isinstance(laa, bool) or not isinstance(laa, (int, float)) or not 0 <= laa <= 100:
                 raise ValueError(f"laa950_percent={laa!r} must be a number in [0, 100] or None")
             object.__setattr__(self, "laa950_percent", round_half_up(laa, 1))
-        others = [_clean_sentence(f"other_findings[{i}]", s) for i, s in enumerate(self.other_findings)]
+        others = [
+            _clean_sentence(f"other_findings[{i}]", s) for i, s in enumerate(self.other_findings)
+        ]
         object.__setattr__(self, "other_findings", others)
         if not isinstance(self.impression, Impression):
             raise TypeError(f"impression={self.impression!r} must be an Impression")

@@ -64,7 +64,9 @@ def train_tokenizer(
     """
     smallest = BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS)
     if vocab_size < smallest:
-        raise ValueError(f"vocab_size must be >= {smallest} (bytes + special tokens); got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must be >= {smallest} (bytes + special tokens); got {vocab_size}"
+        )
     if min_frequency < 1:
         raise ValueError(f"min_frequency must be >= 1; got {min_frequency}")
     corpus = [str(t) for t in texts]

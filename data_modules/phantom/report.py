@@ -1,0 +1,60 @@
+"""Report findings of a phantom scan, built from its measured labels with :mod:`lungvlm.text`."""
+
+from __future__ import annotations
+
+from data_modules.batch import ReportSpan
+from data_modules.phantom.labels import NoduleLabels
+from lungvlm.clinical.emphysema import emphysema_severity
+from lungvlm.clinical.lungrads import LungRADSResult, categorize_exam
+from lungvlm.text.renderer import RenderedReport, render_report
+from lungvlm.text.schema import ExamFindings, Impression, NoduleChange, NoduleFinding
+
+
+def nodule_finding(labels: NoduleLabels) -> NoduleFinding:
+    """The report finding of one nodule (values as measured)."""
+    change = None
+    if labels.change is not None:
+        change = NoduleChange(
+            status=labels.change["status"],
+            prior_mean_diameter_mm=labels.change["prior_mean_diameter_mm"],
+            interval_months=labels.change["interval_months"],
+        )
+    return NoduleFinding(
+        side=labels.side,
+        lobe=labels.lobe,
+        mean_diameter_mm=labels.mean_diameter_mm,
+        attenuation=labels.attenuation,
+        solid_component_mm=labels.solid_component_mm,
+        margin=labels.margin,
+        calcification=labels.calcification,
+        shape=labels.shape,
+        pleural_relation=labels.pleural_relation,
+        contains_fat=labels.contains_fat,
+        change=change,
+        volume_mm3=labels.volume_mm3,
+        slice_index=int(labels.axial_slice),
+    )
+
+
+def exam_findings(nodules: list[NoduleLabels], laa950_percent: float | None) -> ExamFindings:
+    """Findings of a whole exam: nodules, emphysema (graded from LAA-950) and the impression."""
+    results = [LungRADSResult(n.lungrads_category, n.lungrads_management, "phantom") for n in nodules]
+    exam = categorize_exam(results)
+    emphysema = "none" if laa950_percent is None else emphysema_severity(laa950_percent)
+    return ExamFindings(
+        nodules=[nodule_finding(n) for n in nodules],
+        emphysema=emphysema,
+        laa950_percent=laa950_percent,
+        impression=Impression(category=exam.category, management=exam.management),
+    )
+
+
+def render(findings: ExamFindings, seed: int) -> RenderedReport:
+    """Render the report text and its spans (wording varies with ``seed``)."""
+    return render_report(findings, seed=seed)
+
+
+def findings_spans(report: RenderedReport) -> list[ReportSpan]:
+    """Spans that lie in the FINDINGS section, as :class:`data_modules.batch.ReportSpan`."""
+    limit = len(report.findings_text)
+    return [ReportSpan(s.start, s.end, s.nodule_index, s.field) for s in report.spans if s.end <= limit]

@@ -196,7 +196,7 @@ def render_anatomy(geom: ChestGeometry, grid: Grid) -> AnatomyVolumes:
     zi, yi, xi = np.nonzero(lung)
     zl, yl, xl = z.ravel()[zi], y.ravel()[yi], x.ravel()[xi]
     fissure = fissure_distance_mm(geom, xl, yl, zl, sides[lung])
-    f_occ = np.clip(1.0 - fissure / vox, 0.0, 1.0) * min(0.35 / vox, 1.0)
+    f_occ = np.clip(1.0 - fissure / vox, 0.0, 1.0) * min(0.25 / vox, 1.0)
     img[lung] += f_occ * (HU_MUSCLE - img[lung])
     lobe_map = np.zeros(shape, dtype=np.uint8)
     lobe_map[lung] = lobes(geom, xl, yl, zl, sides[lung])

@@ -6,7 +6,7 @@ from data_modules.batch import ReportSpan
 from data_modules.phantom.labels import NoduleLabels
 from lungvlm.clinical.emphysema import emphysema_severity
 from lungvlm.clinical.lungrads import LungRADSResult, categorize_exam
-from lungvlm.text.renderer import RenderedReport, render_report
+from lungvlm.text.renderer import RenderedReport, RenderStyle, render_report
 from lungvlm.text.schema import ExamFindings, Impression, NoduleChange, NoduleFinding
 
 
@@ -49,9 +49,17 @@ def exam_findings(nodules: list[NoduleLabels], laa950_percent: float | None) -> 
     )
 
 
-def render(findings: ExamFindings, seed: int) -> RenderedReport:
-    """Render the report text and its spans (wording varies with ``seed``)."""
-    return render_report(findings, seed=seed)
+def render(findings: ExamFindings, seed: int, *, state_defaults: bool = False) -> RenderedReport:
+    """Render the report text and its spans (wording varies with ``seed``).
+
+    Args:
+        findings: what to report.
+        seed: wording seed.
+        state_defaults: always state default findings ("no pulmonary nodules", "no
+            emphysema"); used for nodule-free crops, whose text would otherwise be empty.
+    """
+    style = RenderStyle(mention_defaults=1.0) if state_defaults else None
+    return render_report(findings, seed=seed, style=style)
 
 
 def findings_spans(report: RenderedReport) -> list[ReportSpan]:

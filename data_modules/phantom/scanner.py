@@ -83,14 +83,22 @@ def noise_sd_hu(kernel: str, exposure_mas: float, kvp: float, slice_thickness_mm
     return float(sd * (SHARP_NOISE_FACTOR if kernel == "sharp" else 1.0))
 
 
-def draw_profile(rng: np.random.Generator) -> ScannerProfile:
-    """Draw a scanner profile (vendor, kernel, dose, kVp, spacing, thickness)."""
+def draw_profile(rng: np.random.Generator, fov_mm: float | None = None) -> ScannerProfile:
+    """Draw a scanner profile (vendor, kernel, dose, kVp, spacing, thickness).
+
+    Args:
+        rng: random generator.
+        fov_mm: reconstruction field of view; the pixel spacing is ``fov_mm / 512`` (clipped
+            to 0.5-0.98 mm) when given, uniform in 0.5-0.98 mm otherwise.
+    """
     manufacturer = list(VENDORS)[int(rng.integers(len(VENDORS)))]
     model, soft_name, sharp_name = VENDORS[manufacturer]
     kernel = KERNELS[int(rng.random() < 0.4)]
     kvp = float(rng.choice([100.0, 120.0, 120.0, 140.0]))
     exposure = float(np.round(np.exp(rng.uniform(np.log(20.0), np.log(200.0))), 1))
     pixel = float(np.round(rng.uniform(0.5, 0.98), 3))
+    if fov_mm is not None:
+        pixel = float(np.round(np.clip(fov_mm / 512.0, 0.5, 0.98), 3))
     thickness = float(np.round(rng.uniform(0.6, 3.0), 2))
     spacing = float(np.round(max(0.6, thickness * rng.uniform(0.5, 1.0)), 2))
     return ScannerProfile(
@@ -148,7 +156,9 @@ def apply_profile(
     """
     image = np.asarray(image_hu, dtype=np.float32)
     psf = PSF_SIGMA_MM[profile.kernel]
-    sigma_vox = [0.0, psf / spacing_mm[1], psf / spacing_mm[2]]
+    # At least half a voxel: the ideal phantom has hard edges that a real scan would
+    # partial-volume average.
+    sigma_vox = [0.0, max(psf / spacing_mm[1], 0.5), max(psf / spacing_mm[2], 0.5)]
     out = ndimage.gaussian_filter(image, sigma_vox, truncate=3.0) if max(sigma_vox) > 0.2 else image
     if profile.kernel == "sharp":
         amount, sigma_mm = SHARP_ENHANCE

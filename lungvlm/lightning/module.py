@@ -23,12 +23,15 @@ from lungvlm.lightning.checkpointing import (
     load_weights_non_strict,
     read_checkpoint,
 )
+from lungvlm.lightning.vl_task import VL_LOSS_NAMES, VisionLanguageConfig, VisionLanguageTask
 from lungvlm.losses.masking import apply_mask, batch_block_mask, masked_reconstruction_loss
 from lungvlm.losses.segmentation import DiceHausdorffLoss
 from lungvlm.metrics.crop_segmentation import SegmentationMetrics
 from lungvlm.models.encoder import MultiScaleEncoder3D
 from lungvlm.models.heads.reconstruction import ReconstructionHead
 from lungvlm.models.heads.segmentation import SegmentationHead
+from lungvlm.models.vlm import VisionLanguageHeads
+from lungvlm.text.tokenizer import tokenizer_from_json, tokenizer_to_json
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,9 @@ class LungVLMModule(L.LightningModule):
         seg_head: segmentation head (or a factory taking the encoder's ``feature_info``).
         recon_head: reconstruction head for masked-volume pretraining (or its factory).
         seg_loss: Dice + Hausdorff loss of the segmentation head.
+        vl_heads: stage-3 heads (or a factory taking ``feature_info``): visual tokens, report
+            decoder, contrastive alignment, risk and concept heads.
+        vl: stage-3 settings: tokenizer, generation and sample-report logging.
         loss_weights: weight of each named loss in the total (missing names weigh 1.0).
         mask_block_size_vox: (z, y, x) size of the masked sub-volumes of stage 1, in voxels.
         mask_ratio: fraction of the crop masked in stage 1.
@@ -93,6 +99,8 @@ class LungVLMModule(L.LightningModule):
         seg_head: HeadFactory | None = None,
         recon_head: HeadFactory | None = None,
         seg_loss: DiceHausdorffLoss | None = None,
+        vl_heads: Callable[[Sequence[dict]], VisionLanguageHeads] | None = None,
+        vl: VisionLanguageConfig | None = None,
         loss_weights: dict[str, float] | None = None,
         mask_block_size_vox: tuple[int, int, int] = (4, 4, 4),
         mask_ratio: float = 0.6,
@@ -119,6 +127,13 @@ class LungVLMModule(L.LightningModule):
             raise ValueError("stage='pretrain' needs a recon_head")
         if stage in ("segment", "vision_language") and self.seg_head is None:
             raise ValueError(f"stage={stage!r} needs a seg_head")
+        self.vl_heads: VisionLanguageHeads | None = _build(vl_heads, info)
+        if stage == "vision_language" and self.vl_heads is None:
+            raise ValueError("stage='vision_language' needs vl_heads")
+        self.vl_config = vl or VisionLanguageConfig()
+        self.vl = (
+            VisionLanguageTask(self.vl_heads, self.vl_config) if self.vl_heads is not None else None
+        )
         self.seg_loss = seg_loss if seg_loss is not None else DiceHausdorffLoss()
         self.loss_weights = dict(loss_weights or {})
         self.mask_block_size_vox = tuple(mask_block_size_vox)
@@ -167,21 +182,40 @@ class LungVLMModule(L.LightningModule):
         norm = getattr(datamodule, "normalization", None)
         if norm:
             self.normalization = {k: float(v) for k, v in dict(norm).items()}
+        if self.vl is not None and self.vl.tokenizer is None:
+            extra = datamodule.report_corpus() if hasattr(datamodule, "report_corpus") else ()
+            run_dir = self.trainer.default_root_dir if self._trainer else None
+            self.vl.fit_tokenizer(extra, run_dir if self.trainer.is_global_zero else None)
 
     @property
     def tasks(self) -> list[str]:
         """Names of the tasks this stage trains."""
-        return ["reconstruction"] if self.stage == "pretrain" else ["segmentation"]
+        if self.stage == "pretrain":
+            return ["reconstruction"]
+        if self.stage == "segment":
+            return ["segmentation"]
+        return ["segmentation", *VL_LOSS_NAMES]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Store the metadata inference needs (normalisation, labels, stage)."""
         checkpoint[CHECKPOINT_KEY] = inference_metadata(self.stage, self.normalization, self.tasks)
+        if self.vl is not None and self.vl.tokenizer is not None:
+            checkpoint[CHECKPOINT_KEY]["tokenizer_json"] = tokenizer_to_json(self.vl.tokenizer)
+            checkpoint[CHECKPOINT_KEY]["report_max_length"] = self.vl_heads.max_length
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the normalisation parameters saved by :meth:`on_save_checkpoint`."""
         meta = checkpoint.get(CHECKPOINT_KEY, {})
         if "normalization" in meta:
             self.normalization = dict(meta["normalization"])
+        if self.vl is not None and "tokenizer_json" in meta:
+            self.vl.tokenizer = tokenizer_from_json(meta["tokenizer_json"])
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Tokenise the reports (stage 3) on the CPU before the batch moves to the device."""
+        if self.vl is not None and getattr(batch, "report_tokens", None) is None:
+            self.vl.tokenize_batch(batch)
+        return batch
 
     def configure_optimizers(self):
         """Build the optimizer (and scheduler) from the configured factories."""
@@ -221,6 +255,15 @@ class LungVLMModule(L.LightningModule):
             "seg_hausdorff_loss": parts["hausdorff"],
         }
 
+    def _vision_language_losses(self, batch) -> tuple[dict[str, Tensor], dict]:
+        context = batch.context if getattr(self.encoder, "use_context", False) else None
+        features = self.encoder(batch.image, context)
+        logits = self.seg_head(features)
+        parts = self.seg_loss(logits, batch.seg_mask, batch.seg_present)
+        vl_losses, forward = self.vl.losses(features, batch)
+        losses = {"segmentation": parts["total"], **vl_losses}
+        return losses, {"logits": logits[0], "vl_forward": forward}
+
     def shared_step(self, batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Compute the named losses of this stage and auxiliary outputs.
 
@@ -230,8 +273,10 @@ class LungVLMModule(L.LightningModule):
         """
         if self.stage == "pretrain":
             losses, outputs = self._reconstruction_losses(batch)
-        else:
+        elif self.stage == "segment":
             losses, outputs = self._segmentation_losses(batch)
+        else:
+            losses, outputs = self._vision_language_losses(batch)
         losses["total"] = self._weighted_total(losses)
         return losses, outputs
 
@@ -273,6 +318,8 @@ class LungVLMModule(L.LightningModule):
         if "logits" in outputs:
             metrics = self.seg_metrics[split]
             metrics.update(outputs["logits"], batch.seg_mask, batch.seg_present, batch.spacing_mm)
+        if "vl_forward" in outputs:
+            self.vl.update_metrics(split, outputs["vl_forward"], batch, keep_samples=batch_idx == 0)
         if (
             split == "val"
             and batch_idx == 0
@@ -294,6 +341,17 @@ class LungVLMModule(L.LightningModule):
         for name, value in values.items():
             self.log(f"{split}/seg/{name}", value, prog_bar=name == "dice")
         self.seg_metrics[split].reset()
+        if self.vl is not None:
+            for name, value in self.vl.compute_metrics(split).items():
+                self.log(f"{split}/{name}", value, prog_bar=name == "report/concept_f1")
+            if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+                self.vl.write_samples(
+                    split,
+                    self.current_epoch,
+                    self.trainer.default_root_dir,
+                    self.loggers,
+                    self.global_step,
+                )
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval_metrics("val")

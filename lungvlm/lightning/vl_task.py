@@ -1,0 +1,210 @@
+"""Stage-3 plumbing used by the LightningModule: tokenizer, batch tokens, metrics, samples."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from lungvlm.lightning.vision_language import (
+    SPICULATED_UNIT_THRESHOLD,
+    ZERO_SHOT_PROMPTS,
+    VisionLanguageMetrics,
+    concept_index,
+    growth_risk_score,
+    risk_update,
+    sentence_heatmaps,
+    vision_language_losses,
+)
+from lungvlm.models.generation import greedy_generate
+from lungvlm.models.vlm import VisionLanguageHeads
+from lungvlm.text.corpus import build_report_corpus
+from lungvlm.text.tokenizer import (
+    char_spans_to_token_labels,
+    encode_reports,
+    save_tokenizer,
+    train_tokenizer,
+)
+
+log = logging.getLogger(__name__)
+
+#: Names of the stage-3 losses besides segmentation (keys of ``model.loss_weights``).
+VL_LOSS_NAMES: tuple[str, ...] = (
+    "report",
+    "contrastive",
+    "grounding",
+    "malignancy",
+    "lungrads",
+    "growth",
+    "concepts",
+)
+
+
+@dataclass
+class VisionLanguageConfig:
+    """Stage-3 settings that are not network sizes.
+
+    Attributes:
+        tokenizer_corpus_size: rendered random reports in the tokenizer's training corpus.
+        tokenizer_corpus_files: text files (one report or sentence per line) added to it.
+        tokenizer_seed: seed of the rendered corpus.
+        generation_max_new_tokens: longest generated report in validation, tokens.
+        num_sample_reports: generated reports written per evaluation (markdown + TensorBoard).
+    """
+
+    tokenizer_corpus_size: int = 2000
+    tokenizer_corpus_files: list[str] = field(default_factory=list)
+    tokenizer_seed: int = 0
+    generation_max_new_tokens: int = 90
+    num_sample_reports: int = 8
+
+
+class VisionLanguageTask(nn.Module):
+    """Holds the stage-3 metrics and the tokenizer; the heads are referenced, not owned."""
+
+    def __init__(self, heads: VisionLanguageHeads, config: VisionLanguageConfig) -> None:
+        super().__init__()
+        self._heads = (heads,)  # a tuple keeps the heads out of this module's parameters
+        self.config = config
+        self.tokenizer = None
+        self.metrics = nn.ModuleDict({s: VisionLanguageMetrics() for s in ("val", "test")})
+        self.samples: dict[str, list[tuple[str, str, str]]] = {"val": [], "test": []}
+
+    @property
+    def heads(self) -> VisionLanguageHeads:
+        return self._heads[0]
+
+    # ---------------------------------------------------------------- tokenizer
+    def fit_tokenizer(self, extra_texts=(), save_dir: str | None = None) -> None:
+        """Train the tokenizer on the rendered corpus + ``extra_texts``; save it under ``save_dir``."""
+        cfg = self.config
+        corpus = build_report_corpus(
+            cfg.tokenizer_corpus_size, cfg.tokenizer_seed, cfg.tokenizer_corpus_files, extra_texts
+        )
+        vocab = self.heads.decoder.vocab_size if hasattr(self.heads.decoder, "vocab_size") else 512
+        self.tokenizer = train_tokenizer(corpus, vocab_size=vocab)
+        log.info("tokenizer: %d tokens trained on %d texts", len(self.tokenizer), len(corpus))
+        if save_dir:
+            save_tokenizer(self.tokenizer, Path(save_dir) / "tokenizer")
+
+    def tokenize_batch(self, batch) -> None:
+        """Fill ``report_tokens``, ``report_attention`` and ``token_nodule`` of ``batch``."""
+        if self.tokenizer is None:
+            raise RuntimeError(
+                "stage 3 needs a tokenizer: call fit_tokenizer() or load a checkpoint"
+            )
+        length = self.heads.max_length
+        ids, attention = encode_reports(self.tokenizer, batch.report_text, length)
+        labels = [
+            char_spans_to_token_labels(self.tokenizer, text, spans, length)
+            for text, spans in zip(batch.report_text, batch.report_spans, strict=True)
+        ]
+        batch.report_tokens, batch.report_attention = ids, attention
+        batch.token_nodule = torch.stack(labels)
+
+    # ---------------------------------------------------------------- losses / metrics
+    def losses(self, features: list[Tensor], batch):
+        """Named stage-3 losses and the forward outputs (see :func:`vision_language_losses`)."""
+        return vision_language_losses(self.heads, features, batch)
+
+    def _embed_texts(self, texts: list[str], device) -> Tensor:
+        ids, attention = encode_reports(self.tokenizer, texts, self.heads.max_length)
+        return self.heads.decoder.report_embedding(ids.to(device), attention.to(device))
+
+    @torch.no_grad()
+    def update_metrics(self, split: str, fwd, batch, keep_samples: bool) -> None:
+        """Update every stage-3 metric of ``split`` with one evaluated batch."""
+        heads, metrics = self.heads, self.metrics[split]
+        device = fwd.pooled.device
+        generated = greedy_generate(
+            heads.decoder,
+            fwd.visual_tokens,
+            self.config.generation_max_new_tokens,
+            tokenizer=self.tokenizer,
+        ).sequences
+        metrics.text.update(generated, batch.report_text)
+        metrics.concept_f1.update(generated, batch.report_text)
+
+        risk_update(metrics, "risk", fwd.risk, batch)
+        risk_update(metrics, "risk_visual", heads.risk_head(fwd.pooled, None), batch)
+        generated_emb = self._embed_texts(generated, device)
+        risk_update(metrics, "risk_generated", heads.risk_head(fwd.pooled, generated_emb), batch)
+        metrics.growth_cindex.update(
+            growth_risk_score(fwd.risk),
+            batch.growth_time_months,
+            batch.growth_event,
+            batch.growth_present,
+        )
+
+        maps, masks = sentence_heatmaps(fwd, batch, tuple(batch.image.shape[2:]))
+        if maps.shape[0]:
+            metrics.pointing.update(maps, masks)
+            metrics.mass.update(maps, masks)
+
+        nodule = batch.seg_present & (batch.seg_mask.flatten(1).amax(1) > 0.5)
+        if bool(nodule.any()):
+            visual = heads.contrastive.embed_visual(fwd.pooled[nodule])
+            text = heads.contrastive.embed_text(fwd.text_embedding[nodule])
+            metrics.visual_embeddings.update(visual.float())
+            metrics.text_embeddings.update(text.float())
+            prompts = heads.contrastive.embed_text(
+                self._embed_texts(list(ZERO_SHOT_PROMPTS), device)
+            )
+            scale = heads.contrastive.logit_scale()
+            probs = (scale * visual @ prompts.T).softmax(-1)[:, 0]
+            k = concept_index("spiculation")
+            known = batch.concepts_present[nodule, k]
+            if bool(known.any()):
+                target = (batch.concepts[nodule, k] >= SPICULATED_UNIT_THRESHOLD).long()
+                metrics.zero_shot.update(probs[known].float(), target[known])
+        if keep_samples:
+            n = self.config.num_sample_reports
+            self.samples[split] = list(
+                zip(batch.patient_id[:n], batch.report_text[:n], generated[:n], strict=True)
+            )
+
+    def compute_metrics(self, split: str) -> dict[str, Tensor]:
+        """Compute and reset the metrics of ``split``; keys are ``task/metric``."""
+        metrics = self.metrics[split]
+        values = metrics.compute()
+        metrics.reset()
+        return values
+
+    def write_samples(
+        self, split: str, epoch: int, run_dir: str, loggers, step: int
+    ) -> Path | None:
+        """Write the kept generated reports next to their references (markdown + TensorBoard)."""
+        samples = self.samples.get(split) or []
+        if not samples:
+            return None
+        lines = [f"# {split} samples, epoch {epoch}", ""]
+        for patient, reference, generated in samples:
+            lines += [
+                f"## {patient}",
+                "",
+                "**Reference**",
+                "",
+                reference,
+                "",
+                "**Generated**",
+                "",
+                generated or "_(empty)_",
+                "",
+            ]
+        text = "\n".join(lines)
+        folder = Path(run_dir) / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{split}_epoch{epoch:03d}.md"
+        tmp = path.with_suffix(".md.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        for item in loggers or []:
+            experiment = getattr(item, "experiment", None)
+            if hasattr(experiment, "add_text"):
+                experiment.add_text(f"{split}/report/samples", text, step)
+        self.samples[split] = []
+        return path

@@ -38,13 +38,22 @@ format: $(STAMP) ## Format the code with ruff
 phantom: $(STAMP) ## Write 4 phantom chest CTs with labels, reports and a preview to $(RUNS)/phantom
 	$(VENV)/bin/lungvlm phantom --out $(RUNS)/phantom --n 4 --seed 0 --preview $(RUNS)/phantom/preview.png
 
+STAGE1_CKPT := $(RUNS)/stage1/checkpoints/last.ckpt
+STAGE2_CKPT := $(RUNS)/stage2/checkpoints/last.ckpt
+
 train-stage1: $(STAMP) ## Stage 1: masked-volume pretraining of the encoder on phantoms
 	$(VENV)/bin/lungvlm fit --config experiments/base.yaml --config experiments/stage1.yaml
 
 train-stage2: $(STAMP) ## Stage 2: nodule segmentation, initialised from stage 1 when its checkpoint exists
 	$(VENV)/bin/lungvlm fit --config experiments/base.yaml --config experiments/stage2.yaml
 
-train-stage3: $(STAMP) ## Stage 3: grounded vision-language model end to end on phantoms
+# Stage 3 starts from stage 2, which starts from stage 1: missing checkpoints are trained first.
+$(STAGE1_CKPT): | $(STAMP)
+	$(MAKE) train-stage1
+$(STAGE2_CKPT): | $(STAGE1_CKPT)
+	$(MAKE) train-stage2
+
+train-stage3: $(STAMP) | $(STAGE2_CKPT) ## Stage 3: grounded vision-language model on phantoms (runs stages 1-2 first if their checkpoints are missing)
 	$(VENV)/bin/lungvlm fit --config experiments/base.yaml --config experiments/stage3.yaml
 
 bench: $(STAMP) ## Run the benchmarks and write benchmarks/RESULTS.md

@@ -61,7 +61,9 @@ class CacheSpec:
     def __post_init__(self) -> None:
         if not (np.isfinite(self.spacing_mm) and self.spacing_mm > 0):
             raise ValueError(f"spacing_mm must be a positive size in mm, got {self.spacing_mm}")
-        if not (np.isfinite(self.hu_min) and np.isfinite(self.hu_max) and self.hu_max > self.hu_min):
+        if not (
+            np.isfinite(self.hu_min) and np.isfinite(self.hu_max) and self.hu_max > self.hu_min
+        ):
             raise ValueError(f"need finite hu_min < hu_max (HU), got {self.hu_min}, {self.hu_max}")
         if not (np.isfinite(self.margin_mm) and self.margin_mm >= 0):
             raise ValueError(f"margin_mm must be >= 0 mm, got {self.margin_mm}")
@@ -140,7 +142,9 @@ def build_case(
     if label_map is not None:
         if label_map.shape != volume.shape:
             raise ValueError(f"label_map shape {label_map.shape} != volume {volume.shape}")
-        lab = resample(_label_image(label_map, volume), spec.spacing_mm, sitk.sitkNearestNeighbor, 0)
+        lab = resample(
+            _label_image(label_map, volume), spec.spacing_mm, sitk.sitkNearestNeighbor, 0
+        )
         labels = sitk.GetArrayFromImage(lab).astype(np.uint8)
     lungs = lung_mask(grid.array_hu, grid.spacing_mm)
     margin = [int(np.ceil(spec.margin_mm / spec.spacing_mm))] * 3
@@ -299,7 +303,9 @@ def list_cached_cases(root: str | PathLike[str]) -> list[Path]:
     """Complete case folders of a cache, sorted by name (temp folders are skipped)."""
     root = Path(root)
     return sorted(
-        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and case_done(root, p.name)
+        p
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and case_done(root, p.name)
     )
 
 
@@ -307,7 +313,9 @@ def load_case_arrays(folder: str | PathLike[str], mmap: bool = True) -> dict[str
     """``{"image", "mask", "lung"}`` of one case; memory-mapped (read-only) when ``mmap``."""
     folder = Path(folder)
     mode = "r" if mmap else None
-    return {name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in ("image", "mask", "lung")}
+    return {
+        name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in ("image", "mask", "lung")
+    }
 
 
 def load_case_json(folder: str | PathLike[str]) -> dict[str, Any]:

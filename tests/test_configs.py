@@ -52,7 +52,7 @@ def test_stage2_inherits_from_stage1_checkpoint_path():
 
 @pytest.mark.parametrize(
     ("value", "cuda", "expected"),
-    [("auto", True, "bf16-mixed"), ("auto", False, "32-true"), ("16-mixed", False, "16-mixed")],
+    [(None, True, "bf16-mixed"), (None, False, "32-true"), ("16-mixed", False, "16-mixed")],
 )
 def test_precision_auto(value, cuda, expected):
     assert resolve_precision(value, cuda) == expected

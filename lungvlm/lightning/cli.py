@@ -15,11 +15,11 @@ from lungvlm.lightning.module import LungVLMModule
 
 
 def resolve_precision(precision: Any, cuda_available: bool) -> Any:
-    """Turn ``precision: auto`` into "bf16-mixed" on a GPU and "32-true" on a CPU.
+    """Turn ``precision: null`` (automatic) into "bf16-mixed" on a GPU and "32-true" on a CPU.
 
     Any other value is returned unchanged.
     """
-    if precision != "auto":
+    if precision is not None:
         return precision
     return "bf16-mixed" if cuda_available else "32-true"
 
@@ -35,7 +35,7 @@ class LungVLMCLI(LightningCLI):
     - ``run_dir`` is the run's folder: TensorBoard logs in ``run_dir/tensorboard``, CSV metrics
       in ``run_dir/csv``, checkpoints (best by ``checkpoint.monitor`` plus ``last.ckpt``) in
       ``run_dir/checkpoints``.
-    - ``trainer.precision: auto`` means bf16-mixed when a CUDA GPU is present, fp32 otherwise.
+    - ``trainer.precision: null`` means bf16-mixed when a CUDA GPU is present, fp32 otherwise.
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
@@ -64,7 +64,7 @@ class LungVLMCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        """Resolve ``precision: auto`` before the trainer is built."""
+        """Resolve ``precision: null`` (automatic) before the trainer is built."""
         config = self.config.get(str(self.subcommand), self.config)
         trainer = config.get("trainer")
         if trainer is not None and "precision" in trainer:

@@ -111,11 +111,27 @@ def _label_image(label_map: NDArray[np.uint8], volume: CTVolume) -> sitk.Image:
     return image
 
 
+def _paint_ball(labels: NDArray[np.uint8], grid: CTVolume, nodule: dict[str, Any]) -> None:
+    """Label the voxels whose centres lie within ``diameter_mm / 2`` of the nodule centre."""
+    centre = grid.world_to_voxel(np.asarray(nodule["centre_lps_mm"], dtype=np.float64))
+    radius_vox = nodule["diameter_mm"] / 2.0 / np.asarray(grid.spacing_mm)
+    lo = np.maximum(np.floor(centre - radius_vox).astype(int), 0)
+    hi = np.minimum(np.ceil(centre + radius_vox).astype(int) + 1, labels.shape)
+    if np.any(hi <= lo):
+        return
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    axes = np.ogrid[box]
+    dist2 = sum(((a - c) / r) ** 2 for a, c, r in zip(axes, centre, radius_vox, strict=True))
+    region = labels[box]
+    region[(dist2 <= 1.0) & (region == 0)] = int(nodule["label"])
+
+
 def build_case(
     volume: CTVolume,
     label_map: NDArray[np.uint8] | None,
     nodules: Sequence[dict[str, Any]],
     spec: CacheSpec,
+    paint_balls: bool = False,
 ) -> tuple[dict[str, NDArray], dict[str, Any]]:
     """Resample, lung-crop and normalise one case.
 
@@ -130,6 +146,8 @@ def build_case(
         nodules: one dict per nodule with at least ``"label"`` (its value in ``label_map``)
             and ``"centre_lps_mm"`` (world x, y, z); other keys are copied.
         spec: the cache settings.
+        paint_balls: also paint each nodule as a ball of its ``"diameter_mm"`` around its
+            centre, on the resampled grid (for data sets with centres but no outlines).
 
     Returns:
         ``({"image", "mask", "lung"} arrays in the cache grid, geometry/labels dict)``. Each
@@ -146,6 +164,9 @@ def build_case(
             _label_image(label_map, volume), spec.spacing_mm, sitk.sitkNearestNeighbor, 0
         )
         labels = sitk.GetArrayFromImage(lab).astype(np.uint8)
+    if paint_balls:
+        for nodule in nodules:
+            _paint_ball(labels, grid, nodule)
     lungs = lung_mask(grid.array_hu, grid.spacing_mm)
     margin = [int(np.ceil(spec.margin_mm / spec.spacing_mm))] * 3
     box = bounding_box(lungs | (labels > 0), margin)

@@ -64,7 +64,14 @@ def _stored_sample(seed: int, config: PhantomConfig, positive: bool) -> dict[str
         "spans": [(sp.start, sp.end, sp.nodule_index, sp.field) for sp in s["spans"]],
         "spacing_mm": s["spacing_mm"],
         "context_spacing_mm": s["context_spacing_mm"],
-        "meta": {"scanner": s["profile"], "seed": int(seed), "world_centre_lps_mm": list(s["centre_lps_mm"]), "template": s["template"], "positive": bool(positive), "labels": None if lab is None else lab.to_dict()},
+        "meta": {
+            "scanner": s["profile"],
+            "seed": int(seed),
+            "world_centre_lps_mm": list(s["centre_lps_mm"]),
+            "template": s["template"],
+            "positive": bool(positive),
+            "labels": None if lab is None else lab.to_dict(),
+        },
     }
 
 
@@ -119,7 +126,9 @@ class PhantomNoduleDataset(Dataset):
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed * 1009 + self.epoch)
-                image, context, mask = augment(self.transform, image, context, mask, d["spacing_mm"], d["context_spacing_mm"])
+                image, context, mask = augment(
+                    self.transform, image, context, mask, d["spacing_mm"], d["context_spacing_mm"]
+                )
         labelled = bool(np.random.default_rng([seed, 102]).random() < self.label_fraction)
         nod = d["has_nodule"] and labelled
         malignant = d["malignant"]
@@ -194,15 +203,27 @@ class PhantomDataModule(L.LightningDataModule):
         if crop_size_vox < 8:
             raise ValueError(f"crop_size_vox={crop_size_vox!r} must be >= 8 voxels")
         if context_scale <= 0 or spacing_mm <= 0:
-            raise ValueError(f"context_scale={context_scale!r} and spacing_mm={spacing_mm!r} must be > 0")
-        for name, value in (("positive_fraction", positive_fraction), ("label_fraction", label_fraction)):
+            raise ValueError(
+                f"context_scale={context_scale!r} and spacing_mm={spacing_mm!r} must be > 0"
+            )
+        for name, value in (
+            ("positive_fraction", positive_fraction),
+            ("label_fraction", label_fraction),
+        ):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}={value!r} must be in [0, 1]")
-        for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("batch_size", batch_size)):
+        for name, value in (
+            ("n_train", n_train),
+            ("n_val", n_val),
+            ("n_test", n_test),
+            ("batch_size", batch_size),
+        ):
             if value < (1 if name == "batch_size" else 0):
                 raise ValueError(f"{name}={value!r} must be a non-negative count (batch_size >= 1)")
         if shape_source not in SHAPE_SOURCES:
-            raise ValueError(f"shape_source={shape_source!r} is not valid; expected one of {SHAPE_SOURCES}")
+            raise ValueError(
+                f"shape_source={shape_source!r} is not valid; expected one of {SHAPE_SOURCES}"
+            )
         if persistent_workers and num_workers == 0:
             raise ValueError("persistent_workers=True needs num_workers > 0")
         self.save_hyperparameters()
@@ -265,6 +286,8 @@ class PhantomDataModule(L.LightningDataModule):
         """Test batches (fixed order)."""
         return self._loader("test", shuffle=False)
 
-    def transfer_batch_to_device(self, batch: LungBatch, device: torch.device, dataloader_idx: int) -> LungBatch:
+    def transfer_batch_to_device(
+        self, batch: LungBatch, device: torch.device, dataloader_idx: int
+    ) -> LungBatch:
         """Move a :class:`LungBatch` with its own ``to``."""
         return batch.to(device)

@@ -17,7 +17,8 @@ Label conventions (project choices, ``reference/lidc-idri.md`` "Common conventio
   together with the raw ratings so another rule can be applied later.
 - LUNA16: ``annotations.csv`` gives centres and diameters, no outlines; with
   ``luna16_mask="none"`` (default) the mask is empty and ``mask_source`` says so; ``"sphere"``
-  paints a ball of the listed diameter (an approximation, recorded as ``"luna16_sphere"``).
+  paints a ball of the listed diameter on the resampled grid (an approximation, recorded as
+  ``"luna16_sphere"``).
   The .mhd files carry no patient id: ``patient_id`` is the series UID.
 - DICOM: images only; no nodule labels.
 """
@@ -258,22 +259,13 @@ def _load_luna16(task: CaseTask, options: PreprocessOptions):
     ]
     if len(nodules) > MAX_NODULES:
         raise ValueError(f"{task.source}: more than {MAX_NODULES} annotations")
-    label_map = None
-    if options.luna16_mask == "sphere" and nodules:
-        label_map = np.zeros(volume.shape, dtype=np.uint8)
-        zyx = np.stack(np.indices(volume.shape), axis=-1).reshape(-1, 3)
-        world = volume.voxel_to_world(zyx)
-        for nodule in nodules:
-            dist2 = ((world - np.asarray(nodule["centre_lps_mm"])) ** 2).sum(axis=1)
-            ball = (dist2 <= (nodule["diameter_mm"] / 2) ** 2).reshape(volume.shape)
-            label_map[ball & (label_map == 0)] = nodule["label"]
     mhd = Path(task.source)
     info = {
-        "mask_source": "luna16_sphere" if label_map is not None else "none",
+        "mask_source": "luna16_sphere" if options.luna16_mask == "sphere" else "none",
         "source_files": [str(mhd), str(mhd.with_suffix(".raw"))],
         "fold": task.fold,
     }
-    return volume, label_map, nodules, info
+    return volume, None, nodules, info
 
 
 def _load_dicom(task: CaseTask, options: PreprocessOptions):
@@ -305,7 +297,8 @@ def preprocess_case(task: CaseTask, dst: str, spec: CacheSpec, options: Preproce
     volume, label_map, nodules, info = LOADERS[task.format](task, options)
     if task.format == "luna16":
         _check_luna_rows(task, volume)
-    arrays, case = build_case(volume, label_map, nodules, spec)
+    balls = task.format == "luna16" and options.luna16_mask == "sphere"
+    arrays, case = build_case(volume, label_map, nodules, spec, paint_balls=balls)
     meta = volume.metadata
     case.update(
         {

@@ -18,7 +18,9 @@ from scipy import ndimage
 def _size3(size_vox: int | Sequence[int]) -> tuple[int, int, int]:
     size = (size_vox,) * 3 if isinstance(size_vox, (int, np.integer)) else tuple(size_vox)
     if len(size) != 3 or min(size) < 1:
-        raise ValueError(f"size_vox={size_vox!r} must be a positive int or three positive ints (z, y, x)")
+        raise ValueError(
+            f"size_vox={size_vox!r} must be a positive int or three positive ints (z, y, x)"
+        )
     return tuple(int(s) for s in size)
 
 
@@ -32,7 +34,10 @@ def _check(volume: NDArray, center_zyx: Sequence[float]) -> NDArray[np.float64]:
 
 
 def crop_around(
-    volume: NDArray, center_zyx: Sequence[float], size_vox: int | Sequence[int], pad_value: float = 0.0
+    volume: NDArray,
+    center_zyx: Sequence[float],
+    size_vox: int | Sequence[int],
+    pad_value: float = 0.0,
 ) -> NDArray:
     """Crop ``size_vox`` voxels whose centre is the voxel nearest ``center_zyx``.
 
@@ -91,5 +96,7 @@ def context_crop(
     size = _size3(size_vox)
     axes = [np.rint(c[d]) + (np.arange(size[d]) - size[d] // 2) * scale for d in range(3)]
     coords = np.meshgrid(*axes, indexing="ij")
-    out = ndimage.map_coordinates(np.asarray(volume, dtype=np.float32), coords, order=order, mode="constant", cval=pad_value)
+    out = ndimage.map_coordinates(
+        np.asarray(volume, dtype=np.float32), coords, order=order, mode="constant", cval=pad_value
+    )
     return out.astype(np.float32)

@@ -63,8 +63,12 @@ def augment(
     """
     subject = tio.Subject(
         image=tio.ScalarImage(tensor=image.float(), affine=_affine(spacing_mm, image.shape)),
-        context=tio.ScalarImage(tensor=context.float(), affine=_affine(context_spacing_mm, context.shape)),
-        mask=tio.LabelMap(tensor=(mask > 0.5).to(torch.uint8), affine=_affine(spacing_mm, mask.shape)),
+        context=tio.ScalarImage(
+            tensor=context.float(), affine=_affine(context_spacing_mm, context.shape)
+        ),
+        mask=tio.LabelMap(
+            tensor=(mask > 0.5).to(torch.uint8), affine=_affine(spacing_mm, mask.shape)
+        ),
     )
     out = transform(subject)
     image_out = out["image"].data.float().clamp(0.0, 1.0)

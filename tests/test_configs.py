@@ -11,21 +11,21 @@ from lungvlm.lightning.cli import LungVLMCLI, resolve_precision
 from lungvlm.lightning.module import LungVLMModule
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-STAGE_FILES = sorted(p.name for p in EXPERIMENTS.glob("stage*.yaml"))
+STAGE_FILES = sorted(p.name for p in EXPERIMENTS.glob("stage[0-9].yaml"))
 OVERLAYS = sorted(
     p.name for p in EXPERIMENTS.glob("*.yaml") if p.name not in STAGE_FILES + ["base.yaml"]
 )
 
 
 def parse(*files: str) -> LungVLMCLI:
-    args = ["fit"]
+    args: list[str] = []
     for name in ("base.yaml", *files):
         args += ["--config", str(EXPERIMENTS / name)]
     return LungVLMCLI(args=args, run=False)
 
 
 def test_every_experiment_file_is_covered():
-    assert {"stage1.yaml", "stage2.yaml"} <= set(STAGE_FILES)
+    assert STAGE_FILES == ["stage1.yaml", "stage2.yaml", "stage3.yaml"]
     assert "debug.yaml" in OVERLAYS
 
 
@@ -33,16 +33,17 @@ def test_every_experiment_file_is_covered():
 def test_stage_configs_parse_and_instantiate(stage_file):
     cli = parse(stage_file, "debug.yaml")
     assert isinstance(cli.model, LungVLMModule)
-    expected = {"stage1.yaml": "pretrain", "stage2.yaml": "segment"}.get(stage_file)
-    if expected:
-        assert cli.model.stage == expected
+    expected = {"stage1.yaml": "pretrain", "stage2.yaml": "segment", "stage3.yaml": "vision_language"}
+    assert cli.model.stage == expected[stage_file]
     assert cli.trainer.max_epochs == 1  # debug.yaml overrides the stage
 
 
-@pytest.mark.parametrize("overlay", [name for name in OVERLAYS if name != "debug.yaml"])
-def test_overlays_parse_on_top_of_stage2(overlay):
-    cli = parse("stage2.yaml", overlay)
-    assert isinstance(cli.model, LungVLMModule)
+def test_long_stage3_overlay_parses():
+    assert "stage3_long.yaml" in OVERLAYS
+    cli = parse("stage3.yaml", "stage3_long.yaml")
+    assert cli.model.stage == "vision_language"
+    assert cli.model.vl_heads.decoder.d_model == 256
+    assert cli.config["data"]["init_args"]["crop_size_vox"] == 48
 
 
 def test_stage2_inherits_from_stage1_checkpoint_path():

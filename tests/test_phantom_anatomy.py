@@ -5,11 +5,24 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from data_modules.phantom.anatomy import LOBE_LOWER, LOBE_UPPER, LUNG_LEFT, LUNG_RIGHT, draw_geometry, lobes, lung_sides
+from data_modules.phantom.anatomy import (
+    LOBE_LOWER,
+    LOBE_UPPER,
+    LUNG_LEFT,
+    LUNG_RIGHT,
+    draw_geometry,
+    lobes,
+    lung_sides,
+)
 from data_modules.phantom.generator import PhantomConfig, generate_case
 from data_modules.phantom.grid import Grid
 from data_modules.phantom.render import HU_CORTICAL, HU_TRABECULAR, render_anatomy, vessel_tree
-from data_modules.phantom.scanner import _thickness_weights, apply_profile, draw_profile, noise_sd_hu
+from data_modules.phantom.scanner import (
+    _thickness_weights,
+    apply_profile,
+    draw_profile,
+    noise_sd_hu,
+)
 from lungvlm.clinical.emphysema import laa950_percent
 
 
@@ -51,9 +64,21 @@ def test_lung_sides_and_lobes(geom):
     pts = np.array([[-0.5 * ai, 0.0, z_mid], [0.5 * ai, 0.0, z_mid], [0.0, 0.0, z_mid]])
     sides = lung_sides(geom, pts[:, 0], pts[:, 1], pts[:, 2])
     assert sides.tolist() == [LUNG_RIGHT, LUNG_LEFT, 0]
-    low_post = np.array([0.5 * ai, 0.6 * geom.thorax_half_axes_mm[1], geom.lung_base_z_mm + 0.3 * geom.lung_height_mm])
+    low_post = np.array(
+        [
+            0.5 * ai,
+            0.6 * geom.thorax_half_axes_mm[1],
+            geom.lung_base_z_mm + 0.3 * geom.lung_height_mm,
+        ]
+    )
     assert lung_sides(geom, *low_post) == LUNG_LEFT
-    lobe_ids = lobes(geom, np.array([0.5 * ai, low_post[0]]), np.array([0.0, low_post[1]]), np.array([z_mid, low_post[2]]), np.array([LUNG_LEFT, LUNG_LEFT], np.uint8))
+    lobe_ids = lobes(
+        geom,
+        np.array([0.5 * ai, low_post[0]]),
+        np.array([0.0, low_post[1]]),
+        np.array([z_mid, low_post[2]]),
+        np.array([LUNG_LEFT, LUNG_LEFT], np.uint8),
+    )
     assert lobe_ids.tolist() == [LOBE_UPPER, LOBE_LOWER]
 
 
@@ -80,7 +105,9 @@ def test_scanner_noise_and_thickness():
     assert noise_sd_hu("soft", 25.0, 120.0, 1.0) == pytest.approx(28.0)
     assert noise_sd_hu("sharp", 25.0, 120.0, 4.0) == pytest.approx(28.0 * 2.2 / 2.0)
     profile = draw_profile(np.random.default_rng(3))
-    flat = apply_profile(np.zeros((16, 48, 48), np.float32), (1.0, 0.7, 0.7), profile, np.random.default_rng(0))
+    flat = apply_profile(
+        np.zeros((16, 48, 48), np.float32), (1.0, 0.7, 0.7), profile, np.random.default_rng(0)
+    )
     assert flat.std() == pytest.approx(profile.noise_sd_hu, rel=0.05)
     with pytest.raises(ValueError, match="kernel='medium'"):
         noise_sd_hu("medium", 25.0, 120.0, 1.0)
@@ -90,7 +117,9 @@ def test_profile_ranges():
     for seed in range(20):
         p = draw_profile(np.random.default_rng(seed))
         assert 0.5 <= p.pixel_spacing_mm <= 0.98
-        assert 0.6 <= p.slice_thickness_mm <= 3.0 and 0.6 <= p.slice_spacing_mm <= p.slice_thickness_mm
+        assert (
+            0.6 <= p.slice_thickness_mm <= 3.0 and 0.6 <= p.slice_spacing_mm <= p.slice_thickness_mm
+        )
         assert p.kernel in ("soft", "sharp")
 
 

@@ -9,7 +9,12 @@ Public API:
   :class:`NoduleLabels` (:mod:`.labels`), :class:`LidcShapeBank` (:mod:`.lidc_shapes`).
 """
 
-from data_modules.phantom.generator import PhantomCase, PhantomConfig, generate_case, generate_follow_up
+from data_modules.phantom.generator import (
+    PhantomCase,
+    PhantomConfig,
+    generate_case,
+    generate_follow_up,
+)
 from data_modules.phantom.labels import NoduleLabels
 from data_modules.phantom.lidc_shapes import LidcShapeBank
 from data_modules.phantom.nodules import NoduleSpec

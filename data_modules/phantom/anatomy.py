@@ -91,14 +91,20 @@ class ChestGeometry:
         """Hilum point (x, y, z) of one lung, where its vessel trees are rooted."""
         ai, _ = self.thorax_half_axes_mm
         sign = -1.0 if side == LUNG_RIGHT else 1.0
-        return np.array([sign * 0.3 * ai, -5.0, self.carina_z_mm - (22.0 if side == LUNG_RIGHT else 12.0)])
+        return np.array(
+            [sign * 0.3 * ai, -5.0, self.carina_z_mm - (22.0 if side == LUNG_RIGHT else 12.0)]
+        )
 
 
-def draw_geometry(rng: np.random.Generator, seed: int, z_extent_mm: float, z_min_mm: float) -> ChestGeometry:
+def draw_geometry(
+    rng: np.random.Generator, seed: int, z_extent_mm: float, z_min_mm: float
+) -> ChestGeometry:
     """Draw a chest that fits a field of view of ``z_extent_mm`` starting at ``z_min_mm``."""
     height = float(min(rng.uniform(215.0, 255.0), z_extent_mm - 40.0))
     if height < 60.0:
-        raise ValueError(f"z_extent_mm={z_extent_mm!r} is too small for a chest; expected >= 100 mm")
+        raise ValueError(
+            f"z_extent_mm={z_extent_mm!r} is too small for a chest; expected >= 100 mm"
+        )
     free = z_extent_mm - height - 30.0
     emphysema = 0.0 if rng.random() < 0.55 else float(rng.uniform(0.02, 0.25))
     return ChestGeometry(
@@ -121,7 +127,11 @@ def thorax_scale(geom: ChestGeometry, z: Array) -> Array:
 
 
 def _ellipsoid_r2(x: Array, y: Array, z: Array, centre, radii) -> Array:
-    return ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((z - centre[2]) / radii[2]) ** 2
+    return (
+        ((x - centre[0]) / radii[0]) ** 2
+        + ((y - centre[1]) / radii[1]) ** 2
+        + ((z - centre[2]) / radii[2]) ** 2
+    )
 
 
 def lung_sides(geom: ChestGeometry, x: Array, y: Array, z: Array) -> NDArray[np.uint8]:
@@ -158,21 +168,29 @@ def _oblique_z(geom: ChestGeometry, y: Array) -> Array:
     return geom.lung_base_z_mm + geom.lung_height_mm * (0.1 + 0.55 * u)
 
 
-def lobes(geom: ChestGeometry, x: Array, y: Array, z: Array, sides: NDArray[np.uint8]) -> NDArray[np.uint8]:
+def lobes(
+    geom: ChestGeometry, x: Array, y: Array, z: Array, sides: NDArray[np.uint8]
+) -> NDArray[np.uint8]:
     """Lobe label (1 upper, 2 middle, 3 lower, 0 outside the lungs) by the fissure planes."""
     lower = z < _oblique_z(geom, y)
-    middle = (~lower) & (z < geom.lung_base_z_mm + 0.5 * geom.lung_height_mm) & (sides == LUNG_RIGHT)
+    middle = (
+        (~lower) & (z < geom.lung_base_z_mm + 0.5 * geom.lung_height_mm) & (sides == LUNG_RIGHT)
+    )
     out = np.where(lower, LOBE_LOWER, np.where(middle, LOBE_MIDDLE, LOBE_UPPER)).astype(np.uint8)
     return np.where(sides > 0, out, 0).astype(np.uint8)
 
 
-def fissure_distance_mm(geom: ChestGeometry, x: Array, y: Array, z: Array, sides: NDArray[np.uint8]) -> Array:
+def fissure_distance_mm(
+    geom: ChestGeometry, x: Array, y: Array, z: Array, sides: NDArray[np.uint8]
+) -> Array:
     """Distance (mm) from world points to the nearest fissure plane of their lung."""
     _, bi = geom.thorax_half_axes_mm
     slope = 0.55 * geom.lung_height_mm / (2.0 * bi)
     d_oblique = np.abs(z - _oblique_z(geom, y)) / np.sqrt(1.0 + slope**2)
     z_h = geom.lung_base_z_mm + 0.5 * geom.lung_height_mm
-    d_horizontal = np.where((sides == LUNG_RIGHT) & (z >= _oblique_z(geom, y)), np.abs(z - z_h), np.inf)
+    d_horizontal = np.where(
+        (sides == LUNG_RIGHT) & (z >= _oblique_z(geom, y)), np.abs(z - z_h), np.inf
+    )
     return np.minimum(d_oblique, d_horizontal)
 
 

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from data_modules.phantom.generator import SHAPE_SOURCES, PhantomCase, PhantomConfig, generate_case, generate_follow_up
+from data_modules.phantom.generator import (
+    SHAPE_SOURCES,
+    PhantomCase,
+    PhantomConfig,
+    generate_case,
+    generate_follow_up,
+)
 
 
 def _atomic(path: Path, write) -> None:
@@ -40,24 +46,56 @@ def write_case(case: PhantomCase, out_dir: Path, stem: str) -> list[Path]:
     """Write one case's files into ``out_dir``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     image = np.clip(np.rint(case.image_hu), -32768, 32767).astype(np.int16)
-    paths = [out_dir / f"{stem}.nii.gz", out_dir / f"{stem}_nodules.nii.gz", out_dir / f"{stem}_labels.json", out_dir / f"{stem}_report.txt"]
+    paths = [
+        out_dir / f"{stem}.nii.gz",
+        out_dir / f"{stem}_nodules.nii.gz",
+        out_dir / f"{stem}_labels.json",
+        out_dir / f"{stem}_report.txt",
+    ]
     write_volume(image, case, paths[0])
     write_volume(case.nodule_labels.astype(np.int16), case, paths[1])
-    _atomic(paths[2], lambda p: p.write_text(json.dumps(case.labels_dict(), indent=1, default=float)))
+    _atomic(
+        paths[2], lambda p: p.write_text(json.dumps(case.labels_dict(), indent=1, default=float))
+    )
     _atomic(paths[3], lambda p: p.write_text(case.report_text + "\n"))
     return paths
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``phantom`` subcommand to a ``lungvlm`` sub-parser set."""
-    parser = subparsers.add_parser("phantom", help="write synthetic chest CTs with nodules, labels and reports")
+    parser = subparsers.add_parser(
+        "phantom", help="write synthetic chest CTs with nodules, labels and reports"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--n", type=int, default=1, help="number of cases")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first case (cases use seed, seed+1, ...)")
-    parser.add_argument("--follow-up", type=float, default=None, metavar="MONTHS", help="also write a follow-up scan MONTHS later")
-    parser.add_argument("--shape-source", choices=SHAPE_SOURCES, default="procedural", help="nodule shapes")
-    parser.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"), help="grid size (default 160 256 256)")
-    parser.add_argument("--preview", type=Path, default=None, metavar="PNG", help="write a preview montage of the first case")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the first case (cases use seed, seed+1, ...)"
+    )
+    parser.add_argument(
+        "--follow-up",
+        type=float,
+        default=None,
+        metavar="MONTHS",
+        help="also write a follow-up scan MONTHS later",
+    )
+    parser.add_argument(
+        "--shape-source", choices=SHAPE_SOURCES, default="procedural", help="nodule shapes"
+    )
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="grid size (default 160 256 256)",
+    )
+    parser.add_argument(
+        "--preview",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="write a preview montage of the first case",
+    )
     parser.set_defaults(func=run)
     return parser
 

@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from data_modules.phantom.anatomy import ChestGeometry, _oblique_z, fissure_normal, lung_sides
+from data_modules.phantom.labels import lidc_calcification
 from data_modules.phantom.nodules import KINDS, NoduleSpec
 
 #: Probabilities of the nodule kinds (solid, part_solid, ground_glass, calcified).
@@ -96,15 +97,20 @@ def draw_spec(
         n = int(rng.integers(3, 7))
         dirs = _fibonacci_sphere(n) @ np.linalg.qr(rng.standard_normal((3, 3)))[0]
         dirs[:, 2] *= 0.5
-        spec.lobes = np.concatenate([dirs * r_min * rng.uniform(0.45, 0.6, (n, 1)), r_min * rng.uniform(0.4, 0.55, (n, 1))], axis=1)
+        spec.lobes = np.concatenate(
+            [dirs * r_min * rng.uniform(0.65, 0.8, (n, 1)), r_min * rng.uniform(0.35, 0.5, (n, 1))],
+            axis=1,
+        )
     if margin == "spiculated":
         n = int(rng.integers(5, 15))
         dirs = rng.standard_normal((n, 3)) * np.array([1.0, 1.0, 0.6])
         dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        lengths = diameter_mm * rng.uniform(0.2, 0.6, (n, 1))
-        spec.spicules = np.concatenate([dirs, lengths, rng.uniform(0.5, 1.1, (n, 1))], axis=1)
+        lengths = diameter_mm * rng.uniform(0.4, 0.9, (n, 1))
+        spec.spicules = np.concatenate([dirs, lengths, rng.uniform(0.8, 1.5, (n, 1))], axis=1)
     if kind == "calcified":
-        spec.calcification = calcification or str(rng.choice(["central", "diffuse", "popcorn", "laminated"]))
+        spec.calcification = calcification or str(
+            rng.choice(["central", "diffuse", "popcorn", "laminated"])
+        )
         if spec.calcification == "popcorn":
             n = int(rng.integers(4, 8))
             centres = rng.uniform(-0.55, 0.55, (n, 3)) * np.asarray(radii)
@@ -112,11 +118,17 @@ def draw_spec(
     median_vdt = VDT_MALIGNANT_DAYS if spec.malignant else VDT_BENIGN_DAYS
     if kind in ("ground_glass", "part_solid"):
         median_vdt *= VDT_SUBSOLID_FACTOR
-    spec.vdt_days = float("inf") if kind == "calcified" else float(median_vdt * np.exp(rng.normal(0, VDT_LOG_SD)))
+    spec.vdt_days = (
+        float("inf")
+        if kind == "calcified"
+        else float(median_vdt * np.exp(rng.normal(0, VDT_LOG_SD)))
+    )
     return spec
 
 
-def _inside(geom: ChestGeometry, pts: NDArray[np.float64], side: int | None = None) -> NDArray[np.bool_]:
+def _inside(
+    geom: ChestGeometry, pts: NDArray[np.float64], side: int | None = None
+) -> NDArray[np.bool_]:
     s = lung_sides(geom, pts[..., 0], pts[..., 1], pts[..., 2])
     return s > 0 if side is None else s == side
 
@@ -133,7 +145,9 @@ def _random_lung_point(geom: ChestGeometry, rng: np.random.Generator) -> NDArray
     raise RuntimeError("could not sample a point inside the phantom lungs")
 
 
-def _lentiform_rotation(normal: NDArray[np.float64], rng: np.random.Generator) -> NDArray[np.float64]:
+def _lentiform_rotation(
+    normal: NDArray[np.float64], rng: np.random.Generator
+) -> NDArray[np.float64]:
     e1 = np.cross(normal, rng.standard_normal(3))
     e1 /= np.linalg.norm(e1)
     return np.stack([e1, np.cross(normal, e1), normal], axis=1)
@@ -209,14 +223,16 @@ def draw_lidc_spec(rng: np.random.Generator, shape) -> NoduleSpec:
     else smooth). The doubling time follows the group malignancy as for procedural nodules
     (mean rating 3, an absent label, counts as benign for growth).
     """
-    from data_modules.phantom.labels import lidc_calcification
-
     r = shape.ratings
     calcification = lidc_calcification(r["calcification"])
     if calcification != "none":
         kind = "calcified"
     else:
-        kind = "ground_glass" if r["texture"] <= 2 else ("part_solid" if r["texture"] == 3 else "solid")
+        kind = (
+            "ground_glass"
+            if r["texture"] <= 2
+            else ("part_solid" if r["texture"] == 3 else "solid")
+        )
     if r["spiculation"] >= 3:
         margin = "spiculated"
     elif r["lobulation"] >= 3:
@@ -225,7 +241,9 @@ def draw_lidc_spec(rng: np.random.Generator, shape) -> NoduleSpec:
         margin = "ill_defined"
     else:
         margin = "smooth"
-    r_eq = float((3.0 * shape.voxel_count * np.prod(shape.spacing_mm) / (4.0 * np.pi)) ** (1.0 / 3.0))
+    r_eq = float(
+        (3.0 * shape.voxel_count * np.prod(shape.spacing_mm) / (4.0 * np.pi)) ** (1.0 / 3.0)
+    )
     malignant = shape.malignant
     median_vdt = VDT_MALIGNANT_DAYS if malignant else VDT_BENIGN_DAYS
     if kind in ("ground_glass", "part_solid"):
@@ -237,18 +255,24 @@ def draw_lidc_spec(rng: np.random.Generator, shape) -> NoduleSpec:
         rotation=_rotation_z(float(rng.choice([0.0, np.pi / 2, np.pi, 3 * np.pi / 2]))),
         margin=margin,
         calcification=calcification,
-        tissue_hu=float(np.clip(45.0 + 12.0 * (r["malignancy"] - 1) + rng.normal(0, 10), 25.0, 140.0)),
+        tissue_hu=float(
+            np.clip(45.0 + 12.0 * (r["malignancy"] - 1) + rng.normal(0, 10), 25.0, 140.0)
+        ),
         ggo_hu=float(rng.uniform(-750.0, -600.0)),
         core_fraction=float(rng.uniform(0.35, 0.6)),
         calcium_hu=float(rng.uniform(300.0, 700.0)),
         requested_diameter_mm=2.0 * r_eq,
         malignancy_score=float((shape.malignancy_mean - 1.0) / 4.0),
         malignant=malignant,
-        vdt_days=float("inf") if kind == "calcified" else float(median_vdt * np.exp(rng.normal(0, VDT_LOG_SD))),
+        vdt_days=float("inf")
+        if kind == "calcified"
+        else float(median_vdt * np.exp(rng.normal(0, VDT_LOG_SD))),
         seed=int(rng.integers(2**31)),
         lidc=shape,
     )
     if calcification == "popcorn":
         n = int(rng.integers(4, 8))
-        spec.blobs = np.concatenate([rng.uniform(-0.5, 0.5, (n, 3)) * r_eq, r_eq * rng.uniform(0.18, 0.3, (n, 1))], axis=1)
+        spec.blobs = np.concatenate(
+            [rng.uniform(-0.5, 0.5, (n, 3)) * r_eq, r_eq * rng.uniform(0.18, 0.3, (n, 1))], axis=1
+        )
     return spec

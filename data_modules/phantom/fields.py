@@ -24,7 +24,9 @@ def _splitmix(v: NDArray[np.uint64]) -> NDArray[np.uint64]:
         return v ^ (v >> np.uint64(31))
 
 
-def lattice_normal(seed: int, iz: NDArray[np.int64], iy: NDArray[np.int64], ix: NDArray[np.int64]) -> NDArray[np.float32]:
+def lattice_normal(
+    seed: int, iz: NDArray[np.int64], iy: NDArray[np.int64], ix: NDArray[np.int64]
+) -> NDArray[np.float32]:
     """Standard-normal values at integer lattice points (broadcasting), a pure hash of inputs."""
     with np.errstate(over="ignore"):
         key = _splitmix(np.uint64(seed & 0xFFFFFFFF) + np.uint64(0x1234567))
@@ -41,7 +43,9 @@ def _bspline3(t: NDArray[np.float64]) -> NDArray[np.float64]:
     return np.where(a < 1, (4 - 6 * a**2 + 3 * a**3) / 6, np.where(a < 2, (2 - a) ** 3 / 6, 0.0))
 
 
-def _axis_weights(coords_mm: NDArray[np.float64], lattice_mm: float) -> tuple[NDArray[np.float32], int]:
+def _axis_weights(
+    coords_mm: NDArray[np.float64], lattice_mm: float
+) -> tuple[NDArray[np.float32], int]:
     pos = coords_mm / lattice_mm
     first = int(np.floor(pos.min())) - 2
     last = int(np.ceil(pos.max())) + 2
@@ -61,7 +65,12 @@ def smooth_field(grid: Grid, seed: int, lattice_mm: float) -> NDArray[np.float32
     iy = np.arange(wy.shape[1])[None, :, None] + fy
     ix = np.arange(wx.shape[1])[None, None, :] + fx
     values = lattice_normal(seed, iz, iy, ix)
-    out = np.tensordot(values, wx, axes=([2], [1]))  # (Lz, Ly, X)
-    out = np.einsum("yl,zlx->zyx", wy, out, optimize=True)
-    out = np.tensordot(wz, out, axes=([1], [0]))  # (Z, Y, X)
+    if np.prod(grid.shape_zyx) > 2_000_000:  # whole chests: BLAS contractions
+        out = np.tensordot(values, wx, axes=([2], [1]))  # (Lz, Ly, X)
+        out = np.einsum("yl,zlx->zyx", wy, out, optimize=True)  # (Lz, Y, X)
+        out = np.tensordot(wz, out, axes=([1], [0]))  # (Z, Y, X)
+    else:  # crops: plain einsum loops; multi-threaded BLAS made these small products ~5x slower
+        out = np.einsum("zyl,xl->zyx", values, wx)
+        out = np.einsum("yl,zlx->zyx", wy, out)
+        out = np.einsum("zl,lyx->zyx", wz, out)
     return np.ascontiguousarray(out, dtype=np.float32)

@@ -26,6 +26,7 @@ from data_modules.phantom.report import exam_findings, findings_spans, render
 from data_modules.phantom.scanner import ScannerProfile, apply_profile, draw_profile
 from lungvlm.clinical.emphysema import laa950_percent
 from lungvlm.clinical.growth import growth_status, volume_after_days
+from lungvlm.clinical.measure import measure_nodule
 
 SHAPE_SOURCES: tuple[str, ...] = ("procedural", "lidc")
 
@@ -69,10 +70,14 @@ class PhantomConfig:
 
     def __post_init__(self) -> None:
         if self.shape_source not in SHAPE_SOURCES:
-            raise ValueError(f"shape_source={self.shape_source!r} is not valid; expected one of {SHAPE_SOURCES}")
+            raise ValueError(
+                f"shape_source={self.shape_source!r} is not valid; expected one of {SHAPE_SOURCES}"
+            )
         lo, hi = self.n_nodules
         if not 0 <= lo <= hi:
-            raise ValueError(f"n_nodules={self.n_nodules!r} must be (min, max) with 0 <= min <= max")
+            raise ValueError(
+                f"n_nodules={self.n_nodules!r} must be (min, max) with 0 <= min <= max"
+            )
         if self.shape_zyx is not None and (len(self.shape_zyx) != 3 or min(self.shape_zyx) < 16):
             raise ValueError(f"shape_zyx={self.shape_zyx!r} must be three sizes >= 16 or None")
         if self.z_extent_mm < 120.0:
@@ -162,7 +167,10 @@ def case_grid(geometry: ChestGeometry, profile: ScannerProfile, config: PhantomC
     fov = profile.pixel_spacing_mm * 512.0
     if config.shape_zyx is None:
         nz = int(math.ceil(config.z_extent_mm / profile.slice_spacing_mm))
-        shape, spacing = (nz, 512, 512), (profile.slice_spacing_mm, profile.pixel_spacing_mm, profile.pixel_spacing_mm)
+        shape, spacing = (
+            (nz, 512, 512),
+            (profile.slice_spacing_mm, profile.pixel_spacing_mm, profile.pixel_spacing_mm),
+        )
     else:
         shape = tuple(config.shape_zyx)
         spacing = (config.z_extent_mm / shape[0], fov / shape[1], fov / shape[2])
@@ -174,7 +182,15 @@ def _draw_specs(seed: int, config: PhantomConfig, n: int) -> list[tuple[NoduleSp
     out = []
     for _ in range(n):
         u = rng.random()
-        relation = "juxtapleural" if u < config.juxtapleural_prob else ("perifissural" if u < config.juxtapleural_prob + config.perifissural_prob else "none")
+        relation = (
+            "juxtapleural"
+            if u < config.juxtapleural_prob
+            else (
+                "perifissural"
+                if u < config.juxtapleural_prob + config.perifissural_prob
+                else "none"
+            )
+        )
         if config.shape_source == "lidc":
             from data_modules.phantom.lidc_shapes import default_bank
 
@@ -197,10 +213,16 @@ def _paint(specs, grid, image, allowed):
     return out
 
 
-def _finish(seed, config, geometry, profile, grid, anatomy, specs, painted, noise_seed, months, priors):
+def _finish(
+    seed, config, geometry, profile, grid, anatomy, specs, painted, noise_seed, months, priors
+):
     """Scan, measure, label and report a rendered case."""
     ideal = anatomy.image_hu
-    image = apply_profile(ideal, grid.spacing_mm, profile, np.random.default_rng([noise_seed, 4])) if config.apply_scanner else ideal
+    image = (
+        apply_profile(ideal, grid.spacing_mm, profile, np.random.default_rng([noise_seed, 4]))
+        if config.apply_scanner
+        else ideal
+    )
     label_map = np.zeros(grid.shape_zyx, dtype=np.int16)
     soft, labels, kept = [], [], []
     for spec, painted_box, prior in zip(specs, painted, priors, strict=True):
@@ -217,14 +239,14 @@ def _finish(seed, config, geometry, profile, grid, anatomy, specs, painted, nois
         lobe = int(anatomy.lobe_map[iz, iy, ix]) or 1
         status, change = "baseline", None
         if prior is not None:
-            crop = image[box]
-            from lungvlm.clinical.measure import measure_nodule
-
             current = measure_nodule(mask, grid.spacing_mm).mean_diameter_mm
             word = growth_status(prior.mean_diameter_mm, current, months)
             status = "growing" if word == "growing" else "stable"
-            change = {"status": word, "prior_mean_diameter_mm": prior.mean_diameter_mm, "interval_months": months}
-            del crop
+            change = {
+                "status": word,
+                "prior_mean_diameter_mm": prior.mean_diameter_mm,
+                "interval_months": months,
+            }
         lab = measure_labels(
             spec, index, mask, image[box], grid.spacing_mm,
             offset_zyx=tuple(s.start for s in box), centroid_lps_mm=tuple(centroid),
@@ -255,7 +277,9 @@ def generate_case(seed: int, config: PhantomConfig | None = None) -> PhantomCase
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed={seed!r} must be a non-negative integer")
     seed = int(seed)
-    geometry = draw_geometry(np.random.default_rng([seed, 2]), seed, config.z_extent_mm, -config.z_extent_mm)
+    geometry = draw_geometry(
+        np.random.default_rng([seed, 2]), seed, config.z_extent_mm, -config.z_extent_mm
+    )
     fov = 2.0 * geometry.half_width_mm / float(np.random.default_rng([seed, 5]).uniform(0.8, 0.92))
     profile = draw_profile(np.random.default_rng([seed, 1]), fov_mm=fov)
     grid = case_grid(geometry, profile, config)
@@ -266,21 +290,49 @@ def generate_case(seed: int, config: PhantomConfig | None = None) -> PhantomCase
     min_d = 2.5 * max(grid.spacing_mm[1:])
 
     def vessel_fraction(points: NDArray[np.float64]) -> float:
-        idx = np.clip(np.rint(grid.world_to_index(points)).astype(int), 0, np.asarray(grid.shape_zyx) - 1)
+        idx = np.clip(
+            np.rint(grid.world_to_index(points)).astype(int), 0, np.asarray(grid.shape_zyx) - 1
+        )
         return float(blocked[tuple(idx.T)].mean())
 
     specs, occupied = [], []
     for spec, relation in _draw_specs(seed, config, n):
         if spec.lidc is None and spec.requested_diameter_mm < min_d:
             spec = replace(spec, scale=min_d / spec.requested_diameter_mm)
-        placed = place(spec, geometry, rng, relation=relation, occupied=occupied, vessel_fraction=vessel_fraction)
+        placed = place(
+            spec,
+            geometry,
+            rng,
+            relation=relation,
+            occupied=occupied,
+            vessel_fraction=vessel_fraction,
+        )
         if placed is None and relation != "none":
-            placed = place(spec, geometry, rng, relation="none", occupied=occupied, vessel_fraction=vessel_fraction)
+            placed = place(
+                spec,
+                geometry,
+                rng,
+                relation="none",
+                occupied=occupied,
+                vessel_fraction=vessel_fraction,
+            )
         if placed is not None:
             specs.append(placed)
             occupied.append((np.asarray(placed.centre_lps_mm), placed.bounding_radius_mm))
     painted = _paint(specs, grid, anatomy.image_hu, anatomy.lung_mask > 0)
-    return _finish(seed, config, geometry, profile, grid, anatomy, specs, painted, seed, 0.0, [None] * len(specs))
+    return _finish(
+        seed,
+        config,
+        geometry,
+        profile,
+        grid,
+        anatomy,
+        specs,
+        painted,
+        seed,
+        0.0,
+        [None] * len(specs),
+    )
 
 
 def generate_follow_up(case: PhantomCase, months: float, seed: int) -> PhantomCase:
@@ -297,5 +349,17 @@ def generate_follow_up(case: PhantomCase, months: float, seed: int) -> PhantomCa
     anatomy = render_anatomy(case.geometry, grid)
     grown = [s.grown(volume_after_days(1.0, s.vdt_days, days) ** (1.0 / 3.0)) for s in case.specs]
     painted = _paint(grown, grid, anatomy.image_hu, anatomy.lung_mask > 0)
-    out = _finish(case.seed, case.config, case.geometry, case.profile, grid, anatomy, grown, painted, seed, case.months_since_baseline + months, case.nodules)
+    out = _finish(
+        case.seed,
+        case.config,
+        case.geometry,
+        case.profile,
+        grid,
+        anatomy,
+        grown,
+        painted,
+        seed,
+        case.months_since_baseline + months,
+        case.nodules,
+    )
     return out

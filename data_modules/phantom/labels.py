@@ -99,11 +99,18 @@ def growth_label(mean_diameter_mm: float, vdt_days: float) -> tuple[bool, float]
     return (True, months) if months <= GROWTH_HORIZON_MONTHS else (False, GROWTH_HORIZON_MONTHS)
 
 
-def _procedural_characteristics(spec: NoduleSpec, attenuation: str, mean_hu: float, diameter: float, ratio: float, shape: str) -> dict[str, int]:
+def _procedural_characteristics(
+    spec: NoduleSpec, attenuation: str, mean_hu: float, diameter: float, ratio: float, shape: str
+) -> dict[str, int]:
     contrast = float(np.clip((mean_hu + 850.0) / 900.0, 0.0, 1.0))
     size = float(np.clip((diameter - 3.0) / 17.0, 0.0, 1.0))
     sphericity = 1 + int(round(4 * np.clip((ratio - 0.4) / 0.55, 0.0, 1.0)))
-    margin = {"smooth": 5, "lobulated": 4, "spiculated": 3 if len(spec.spicules) < 10 else 2, "ill_defined": 1}[spec.margin]
+    margin = {
+        "smooth": 5,
+        "lobulated": 4,
+        "spiculated": 3 if len(spec.spicules) < 10 else 2,
+        "ill_defined": 1,
+    }[spec.margin]
     return {
         "subtlety": 1 + int(round(4 * (0.6 * contrast + 0.4 * size))),
         "internal_structure": 1,
@@ -111,7 +118,9 @@ def _procedural_characteristics(spec: NoduleSpec, attenuation: str, mean_hu: flo
         "sphericity": max(1, sphericity - (1 if shape == "irregular" else 0)),
         "margin": margin,
         "lobulation": 1 if not len(spec.lobes) else int(min(5, 2 + len(spec.lobes) - 3)),
-        "spiculation": 1 if not len(spec.spicules) else int(np.clip(2 + round(3 * (len(spec.spicules) - 5) / 9), 2, 5)),
+        "spiculation": 1
+        if not len(spec.spicules)
+        else int(np.clip(2 + round(3 * (len(spec.spicules) - 5) / 9), 2, 5)),
         "texture": {"ground_glass": 1, "part_solid": 3, "solid": 5}[attenuation],
     }
 
@@ -160,7 +169,9 @@ def measure_labels(
         ratings = {name: int(lidc.ratings[_LIDC_KEYS.get(name, name)]) for name in CONCEPT_NAMES}
         malignant, score, source = lidc.malignant, None, "lidc"
     else:
-        ratings = _procedural_characteristics(spec, attenuation, mean_hu, m.mean_diameter_mm, ratio, shape)
+        ratings = _procedural_characteristics(
+            spec, attenuation, mean_hu, m.mean_diameter_mm, ratio, shape
+        )
         malignant, score, source = spec.malignant, spec.malignancy_score, "procedural"
     contains_fat = ratings["internal_structure"] == 3
     benign_calc = spec.calcification in BENIGN_CALCIFICATIONS

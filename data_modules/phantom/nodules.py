@@ -102,7 +102,10 @@ class NoduleSpec:
         if len(self.lobes):
             r = max(r, float((np.linalg.norm(self.lobes[:, :3], axis=1) + self.lobes[:, 3]).max()))
         if len(self.spicules):
-            r = max(r, float((self.spicules[:, 3] + self.spicules[:, 4]).max()) + 0.5 * min(self.radii_mm))
+            r = max(
+                r,
+                float((self.spicules[:, 3] + self.spicules[:, 4]).max()) + 0.5 * min(self.radii_mm),
+            )
         if self.lidc is not None:
             r = max(r, float(self.lidc.bounding_radius_mm))
         return r * self.scale
@@ -146,7 +149,7 @@ def nodule_sdf(spec: NoduleSpec, points_lps_mm: NDArray[np.floating]) -> NDArray
         u = np.array([ux, uy, uz], np.float32)
         surf = 1.0 / float(np.linalg.norm(u / radii))  # ellipsoid radius along u
         # The cone starts inside the body (0.7 of the radius) and ends ``length`` beyond it.
-        d = np.minimum(d, _cone_sdf(q, u, length + 0.3 * surf, r0, 0.12, 0.7 * surf))
+        d = np.minimum(d, _cone_sdf(q, u, length + 0.3 * surf, r0, 0.25, 0.7 * surf))
     return (d * spec.scale).astype(np.float32)
 
 
@@ -171,16 +174,24 @@ def occupancy(spec: NoduleSpec, grid: Grid, box: tuple[slice, slice, slice]) -> 
     occ = (sdf <= 0).astype(np.float32)
     band = np.nonzero(np.abs(sdf) < 0.9 * max(grid.spacing_mm))[0]
     if len(band):
-        offs = np.array(np.meshgrid(*[np.array([-1, 0, 1]) / 3.0] * 3, indexing="ij")).reshape(3, -1).T
+        offs = (
+            np.array(np.meshgrid(*[np.array([-1, 0, 1]) / 3.0] * 3, indexing="ij")).reshape(3, -1).T
+        )
         offs_xyz = offs * np.asarray(grid.spacing_mm)  # offsets are symmetric, order is moot
         sub = (pts[band][:, None, :] + offs_xyz[None]).reshape(-1, 3)
         occ[band] = (nodule_sdf(spec, sub).reshape(len(band), -1) <= 0).mean(axis=1)
     return occ.reshape(zz.shape)
 
 
-def _material(spec: NoduleSpec, grid: Grid, box, background: NDArray[np.float32]) -> NDArray[np.float32]:
+def _material(
+    spec: NoduleSpec, grid: Grid, box, background: NDArray[np.float32]
+) -> NDArray[np.float32]:
     """HU the nodule would have at each voxel of ``box`` if it filled it."""
-    sub = Grid(background.shape, grid.spacing_mm, tuple(grid.index_to_world(np.array([s.start for s in box]))))
+    sub = Grid(
+        background.shape,
+        grid.spacing_mm,
+        tuple(grid.index_to_world(np.array([s.start for s in box]))),
+    )
     texture = smooth_field(sub, spec.seed, 2.0)
     tissue = spec.tissue_hu + 10.0 * texture
     if spec.kind == "solid":
@@ -214,7 +225,10 @@ def _material(spec: NoduleSpec, grid: Grid, box, background: NDArray[np.float32]
 
 
 def render_nodule(
-    spec: NoduleSpec, grid: Grid, image_hu: NDArray[np.float32], allowed: NDArray[np.bool_] | None = None
+    spec: NoduleSpec,
+    grid: Grid,
+    image_hu: NDArray[np.float32],
+    allowed: NDArray[np.bool_] | None = None,
 ) -> tuple[tuple[slice, slice, slice], NDArray[np.float32]] | None:
     """Paint one nodule into ``image_hu`` (in place).
 

@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from data_modules.phantom.anatomy import LOBE_NAMES, SIDE_NAMES, ChestGeometry, draw_geometry, lobes, lung_sides
+from data_modules.phantom.anatomy import (
+    LOBE_NAMES,
+    SIDE_NAMES,
+    ChestGeometry,
+    draw_geometry,
+    lobes,
+    lung_sides,
+)
 from data_modules.phantom.draw import _random_lung_point, place
 from data_modules.phantom.generator import PhantomConfig, _draw_specs
 from data_modules.phantom.grid import Grid
@@ -51,7 +58,9 @@ def _render(geom, grid, spec, profile, rng, scanner: bool):
     return image, occ, anatomy
 
 
-def make_nodule_sample(seed: int, config: PhantomConfig | None = None, *, positive: bool = True) -> dict[str, Any]:
+def make_nodule_sample(
+    seed: int, config: PhantomConfig | None = None, *, positive: bool = True
+) -> dict[str, Any]:
     """Render a nodule-centred (or, with ``positive=False``, nodule-free) lung crop.
 
     Args:
@@ -76,21 +85,29 @@ def make_nodule_sample(seed: int, config: PhantomConfig | None = None, *, positi
     spec = None
     if positive:
         spec, relation = _draw_specs(seed, config, 1)[0]
-        placed = place(spec, geom, rng, relation=relation) or place(spec, geom, rng, relation="none")
+        placed = place(spec, geom, rng, relation=relation) or place(
+            spec, geom, rng, relation="none"
+        )
         if placed is None:
             raise RuntimeError(f"could not place a nodule for seed={seed}")
         spec = placed
-        centre = np.asarray(spec.centre_lps_mm) + rng.uniform(-config.jitter_mm, config.jitter_mm, 3)
+        centre = np.asarray(spec.centre_lps_mm) + rng.uniform(
+            -config.jitter_mm, config.jitter_mm, 3
+        )
     else:
         centre = _random_lung_point(geom, rng)
     sp = float(config.patch_spacing_mm)
     fine = Grid.centred(centre, config.patch_shape_vox, (sp, sp, sp))
-    image, occ, anatomy = _render(geom, fine, spec, profile, np.random.default_rng([seed, 4]), config.apply_scanner)
+    image, occ, anatomy = _render(
+        geom, fine, spec, profile, np.random.default_rng([seed, 4]), config.apply_scanner
+    )
     context = None
     if config.context_scale > 0:
         cs = sp * config.context_scale
         cgrid = Grid.centred(centre, config.patch_shape_vox, (cs, cs, cs))
-        context = _render(geom, cgrid, spec, profile, np.random.default_rng([seed, 8]), config.apply_scanner)[0]
+        context = _render(
+            geom, cgrid, spec, profile, np.random.default_rng([seed, 8]), config.apply_scanner
+        )[0]
     labels = None
     point = np.asarray(spec.centre_lps_mm if spec is not None else centre)
     side_id = int(lung_sides(geom, point[0], point[1], point[2])) or (1 if point[0] < 0 else 2)
@@ -98,11 +115,16 @@ def make_nodule_sample(seed: int, config: PhantomConfig | None = None, *, positi
     side, lobe = SIDE_NAMES[side_id], LOBE_NAMES[lobe_id]
     if spec is not None:
         m_image, m_occ, m_grid = image, occ, fine
-        inside = np.all(np.abs(np.asarray(spec.centre_lps_mm) - centre) + spec.bounding_radius_mm < (np.asarray(config.patch_shape_vox) / 2 - 1) * sp)
+        inside = np.all(
+            np.abs(np.asarray(spec.centre_lps_mm) - centre) + spec.bounding_radius_mm
+            < (np.asarray(config.patch_shape_vox) / 2 - 1) * sp
+        )
         if not inside:  # the nodule overflows the crop: measure it on a grid that holds it
             n = int(np.ceil(2 * spec.bounding_radius_mm / sp)) + 6
             m_grid = Grid.centred(spec.centre_lps_mm, (n, n, n), (sp, sp, sp))
-            m_image, m_occ, _ = _render(geom, m_grid, spec, profile, np.random.default_rng([seed, 4]), config.apply_scanner)
+            m_image, m_occ, _ = _render(
+                geom, m_grid, spec, profile, np.random.default_rng([seed, 4]), config.apply_scanner
+            )
         mask = m_occ >= 0.5
         if mask.any():
             centroid = m_grid.index_to_world(np.argwhere(mask).mean(axis=0))

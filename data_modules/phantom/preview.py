@@ -6,8 +6,6 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import numpy as np
-
 from data_modules.phantom.generator import PhantomCase
 
 #: Lung window (centre, width) in HU.
@@ -16,7 +14,9 @@ LUNG_WINDOW_HU: tuple[float, float] = (-600.0, 1500.0)
 
 def _show(ax, image, mask, aspect, title):
     c, w = LUNG_WINDOW_HU
-    ax.imshow(image, cmap="gray", vmin=c - w / 2, vmax=c + w / 2, aspect=aspect, interpolation="bilinear")
+    ax.imshow(
+        image, cmap="gray", vmin=c - w / 2, vmax=c + w / 2, aspect=aspect, interpolation="bilinear"
+    )
     if mask is not None and mask.any():
         ax.contour(mask.astype(float), levels=[0.5], colors=["#ff5a36"], linewidths=0.8)
     ax.set_title(title, fontsize=8)
@@ -38,7 +38,9 @@ def write_preview(case: PhantomCase, path: str | Path, *, crop_mm: float = 60.0)
     k0 = int(round(case.nodules[0].centroid_voxel[0])) if n else img.shape[0] // 2
     j0 = int(round(case.nodules[0].centroid_voxel[1])) if n else img.shape[1] // 2
     _show(fig.add_subplot(rows, 4, 1), img[k0], lab[k0] > 0, 1.0, f"axial slice {k0}")
-    _show(fig.add_subplot(rows, 4, 2), img[::-1, j0], lab[::-1, j0] > 0, sz / sx, f"coronal row {j0}")
+    _show(
+        fig.add_subplot(rows, 4, 2), img[::-1, j0], lab[::-1, j0] > 0, sz / sx, f"coronal row {j0}"
+    )
     ax = fig.add_subplot(rows, 4, (3, 4))
     ax.axis("off")
     wrapped = "\n".join(textwrap.fill(line, 70) for line in case.report_text.splitlines())
@@ -51,9 +53,23 @@ def write_preview(case: PhantomCase, path: str | Path, *, crop_mm: float = 60.0)
         zs = slice(max(k - half[0], 0), k + half[0])
         ys, xs = slice(max(j - half[1], 0), j + half[1]), slice(max(c - half[2], 0), c + half[2])
         mask = lab == i + 1
-        title = f"#{i} {nod.kind} {nod.margin} {nod.mean_diameter_mm:.1f} mm LR {nod.lungrads_category}"
-        _show(fig.add_subplot(rows, 4, 5 + 2 * i), img[k, ys, xs], mask[k, ys, xs], 1.0, title + " (axial)")
-        _show(fig.add_subplot(rows, 4, 6 + 2 * i), img[zs, j, xs][::-1], mask[zs, j, xs][::-1], sz / sx, "coronal")
+        title = (
+            f"#{i} {nod.kind} {nod.margin} {nod.mean_diameter_mm:.1f} mm LR {nod.lungrads_category}"
+        )
+        _show(
+            fig.add_subplot(rows, 4, 5 + 2 * i),
+            img[k, ys, xs],
+            mask[k, ys, xs],
+            1.0,
+            title + " (axial)",
+        )
+        _show(
+            fig.add_subplot(rows, 4, 6 + 2 * i),
+            img[zs, j, xs][::-1],
+            mask[zs, j, xs][::-1],
+            sz / sx,
+            "coronal",
+        )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +78,3 @@ def write_preview(case: PhantomCase, path: str | Path, *, crop_mm: float = 60.0)
     plt.close(fig)
     tmp.replace(path)
     return path
-
-
-__all__ = ["LUNG_WINDOW_HU", "write_preview", "np"]

@@ -68,7 +68,9 @@ def _inside(geom: ChestGeometry, side: int):
     return lambda p: lung_sides(geom, p[:, 0], p[:, 1], p[:, 2]) == side
 
 
-def _lung_targets(geom: ChestGeometry, side: int, n: int, rng: np.random.Generator) -> NDArray[np.float64]:
+def _lung_targets(
+    geom: ChestGeometry, side: int, n: int, rng: np.random.Generator
+) -> NDArray[np.float64]:
     ai, bi = geom.thorax_half_axes_mm
     sign = -1.0 if side == LUNG_RIGHT else 1.0
     low = np.array([min(0.0, sign * ai), -bi, geom.lung_base_z_mm])
@@ -85,7 +87,11 @@ def vessel_tree(geom: ChestGeometry) -> Segments:
         hilum = geom.hilum_mm(side)
         for offset_z in (0.0, -20.0):
             targets = _lung_targets(geom, side, VESSEL_LEAVES, rng)
-            parts.append(territory_tree(hilum + np.array([0.0, 0.0, offset_z]), targets, VESSEL_LEAF_RADIUS_MM, rng))
+            parts.append(
+                territory_tree(
+                    hilum + np.array([0.0, 0.0, offset_z]), targets, VESSEL_LEAF_RADIUS_MM, rng
+                )
+            )
     return Segments.concat(parts)
 
 
@@ -97,14 +103,22 @@ def airway_tree(geom: ChestGeometry) -> tuple[Segments, Segments]:
     cz = geom.carina_z_mm
     top = geom.lung_base_z_mm + geom.lung_height_mm + 60.0
     carina = np.array([tx, ty, cz])
-    ends = {LUNG_RIGHT: carina + np.array([-30.0, 8.0, -22.0]), LUNG_LEFT: carina + np.array([42.0, 10.0, -30.0])}
+    ends = {
+        LUNG_RIGHT: carina + np.array([-30.0, 8.0, -22.0]),
+        LUNG_LEFT: carina + np.array([42.0, 10.0, -30.0]),
+    }
     big = Segments(
         np.array([[tx, ty, top], carina, carina]),
         np.array([carina, ends[LUNG_RIGHT], ends[LUNG_LEFT]]),
         np.array([8.5, 6.5, 5.5]),
         np.array([8.0, 6.0, 5.0]),
     )
-    trees = [territory_tree(ends[s], _lung_targets(geom, s, AIRWAY_LEAVES, rng), AIRWAY_LEAF_RADIUS_MM, rng) for s in ends]
+    trees = [
+        territory_tree(
+            ends[s], _lung_targets(geom, s, AIRWAY_LEAVES, rng), AIRWAY_LEAF_RADIUS_MM, rng
+        )
+        for s in ends
+    ]
     lumen = Segments.concat([big, *trees])
     wall = 0.18 * lumen.radius_start + 0.6
     outer = Segments(lumen.start, lumen.end, lumen.radius_start + wall, lumen.radius_end + wall)
@@ -152,9 +166,17 @@ def _bones(geom: ChestGeometry, x, y, z) -> tuple[NDArray[np.bool_], NDArray[np.
     u = (z + drop - geom.lung_base_z_mm) / 27.0
     dz = (u - np.round(u)) * 27.0
     e = ((dr - 6.0) / 4.5) ** 2 + (dz / 6.0) ** 2
-    z_ok = (z + drop > geom.lung_base_z_mm - 10.0) & (z + drop < geom.lung_base_z_mm + geom.lung_height_mm + 15.0)
+    z_ok = (z + drop > geom.lung_base_z_mm - 10.0) & (
+        z + drop < geom.lung_base_z_mm + geom.lung_height_mm + 15.0
+    )
     ribs = (e < 1.0) & (sin_t > -0.8) & (np.abs(x) > 24.0) & z_ok
-    sternum = (np.abs(x) < 16.0) & (dr > 0.0) & (dr < 11.0) & (y < 0) & (z > geom.lung_base_z_mm + 0.2 * geom.lung_height_mm)
+    sternum = (
+        (np.abs(x) < 16.0)
+        & (dr > 0.0)
+        & (dr < 11.0)
+        & (y < 0)
+        & (z > geom.lung_base_z_mm + 0.2 * geom.lung_height_mm)
+    )
     bone = vertebra | ribs | sternum
     cortical = cortical | (ribs & (e > 0.45)) | (sternum & ((dr < 2.5) | (dr > 8.5)))
     return bone, cortical
@@ -172,11 +194,15 @@ def render_anatomy(geom: ChestGeometry, grid: Grid) -> AnatomyVolumes:
     img = np.full(shape, HU_AIR, dtype=np.float32)
     img[np.broadcast_to(r_body <= 1.0, shape)] = HU_FAT
     img[np.broadcast_to(r_muscle <= 1.0, shape)] = HU_MUSCLE
-    below = z < geom.lung_base_z_mm + (geom.dome_height_mm + np.where(x < 0, 12.0, 0.0)) * np.sqrt(np.clip(1.0 - ((np.abs(x) - 0.5 * ai) / (0.5 * ai)) ** 2 - (y / bi) ** 2, 0.0, 1.0))
+    below = z < geom.lung_base_z_mm + (geom.dome_height_mm + np.where(x < 0, 12.0, 0.0)) * np.sqrt(
+        np.clip(1.0 - ((np.abs(x) - 0.5 * ai) / (0.5 * ai)) ** 2 - (y / bi) ** 2, 0.0, 1.0)
+    )
     thorax = np.broadcast_to(r_thorax < 1.0, shape)
     img[thorax & ~below] = HU_FAT
     img[thorax & below] = HU_LIVER
-    stomach = ((x - 0.45 * ai) / 35.0) ** 2 + ((y + 0.2 * bi) / 30.0) ** 2 + ((z - geom.lung_base_z_mm + 5.0) / 22.0) ** 2 < 1.0
+    stomach = ((x - 0.45 * ai) / 35.0) ** 2 + ((y + 0.2 * bi) / 30.0) ** 2 + (
+        (z - geom.lung_base_z_mm + 5.0) / 22.0
+    ) ** 2 < 1.0
     img[np.broadcast_to(stomach, shape) & thorax] = HU_AIR
     hc, hr = geom.heart
     r_heart = ((x - hc[0]) / hr[0]) ** 2 + ((y - hc[1]) / hr[1]) ** 2 + ((z - hc[2]) / hr[2]) ** 2

@@ -38,7 +38,9 @@ def nodule_finding(labels: NoduleLabels) -> NoduleFinding:
 
 def exam_findings(nodules: list[NoduleLabels], laa950_percent: float | None) -> ExamFindings:
     """Findings of a whole exam: nodules, emphysema (graded from LAA-950) and the impression."""
-    results = [LungRADSResult(n.lungrads_category, n.lungrads_management, "phantom") for n in nodules]
+    results = [
+        LungRADSResult(n.lungrads_category, n.lungrads_management, "phantom") for n in nodules
+    ]
     exam = categorize_exam(results)
     emphysema = "none" if laa950_percent is None else emphysema_severity(laa950_percent)
     return ExamFindings(
@@ -65,4 +67,6 @@ def render(findings: ExamFindings, seed: int, *, state_defaults: bool = False) -
 def findings_spans(report: RenderedReport) -> list[ReportSpan]:
     """Spans that lie in the FINDINGS section, as :class:`data_modules.batch.ReportSpan`."""
     limit = len(report.findings_text)
-    return [ReportSpan(s.start, s.end, s.nodule_index, s.field) for s in report.spans if s.end <= limit]
+    return [
+        ReportSpan(s.start, s.end, s.nodule_index, s.field) for s in report.spans if s.end <= limit
+    ]

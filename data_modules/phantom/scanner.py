@@ -126,7 +126,10 @@ def _thickness_weights(thickness_mm: float, spacing_z_mm: float) -> NDArray[np.f
 
 
 def correlated_noise(
-    shape_zyx: tuple[int, ...], spacing_mm: tuple[float, float, float], kernel: str, rng: np.random.Generator
+    shape_zyx: tuple[int, ...],
+    spacing_mm: tuple[float, float, float],
+    kernel: str,
+    rng: np.random.Generator,
 ) -> NDArray[np.float32]:
     """Unit-sd noise with the in-plane texture of ``kernel`` (smooth: soft; grainy: sharp)."""
     white = rng.standard_normal(shape_zyx, dtype=np.float32)
@@ -162,7 +165,9 @@ def apply_profile(
     out = ndimage.gaussian_filter(image, sigma_vox, truncate=3.0) if max(sigma_vox) > 0.2 else image
     if profile.kernel == "sharp":
         amount, sigma_mm = SHARP_ENHANCE
-        wide = ndimage.gaussian_filter(out, [0.0, sigma_mm / spacing_mm[1], sigma_mm / spacing_mm[2]])
+        wide = ndimage.gaussian_filter(
+            out, [0.0, sigma_mm / spacing_mm[1], sigma_mm / spacing_mm[2]]
+        )
         out = out + amount * (out - wide)
     if profile.slice_thickness_mm > spacing_mm[0] * 1.05:
         weights = _thickness_weights(profile.slice_thickness_mm, spacing_mm[0])

@@ -128,7 +128,12 @@ def _select(segs: Segments, grid: Grid, margin_mm: float) -> NDArray[np.bool_]:
 
 
 def capsule_occupancy(
-    grid: Grid, a: NDArray[np.float64], b: NDArray[np.float64], ra: float, rb: float, out: NDArray[np.float32]
+    grid: Grid,
+    a: NDArray[np.float64],
+    b: NDArray[np.float64],
+    ra: float,
+    rb: float,
+    out: NDArray[np.float32],
 ) -> None:
     """Rasterise one tapered capsule into ``out`` (max-combined occupancy in [0, 1])."""
     vox = float(np.mean(grid.spacing_mm))
@@ -162,15 +167,21 @@ def rasterise(segs: Segments, grid: Grid, *, splat_below_vox: float = 0.8) -> ND
     wide = sel[rmean[sel] >= splat_below_vox * vox]
     thin = sel[rmean[sel] < splat_below_vox * vox]
     for i in wide:
-        capsule_occupancy(grid, segs.start[i], segs.end[i], segs.radius_start[i], segs.radius_end[i], out)
+        capsule_occupancy(
+            grid, segs.start[i], segs.end[i], segs.radius_start[i], segs.radius_end[i], out
+        )
     if len(thin):
         step = 0.5 * vox
         lengths = np.linalg.norm(segs.end[thin] - segs.start[thin], axis=1)
         counts = np.maximum(np.ceil(lengths / step).astype(int), 1)
         owner = np.repeat(np.arange(len(thin)), counts)
-        frac = (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + 0.5) / np.repeat(counts, counts)
+        frac = (
+            np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + 0.5
+        ) / np.repeat(counts, counts)
         pts = segs.start[thin][owner] + (segs.end[thin] - segs.start[thin])[owner] * frac[:, None]
-        radius = (segs.radius_start[thin] + (segs.radius_end[thin] - segs.radius_start[thin]) * 0.5)[owner]
+        radius = (
+            segs.radius_start[thin] + (segs.radius_end[thin] - segs.radius_start[thin]) * 0.5
+        )[owner]
         weight = np.pi * radius**2 * (lengths / counts)[owner] / float(np.prod(grid.spacing_mm))
         idx = np.rint(grid.world_to_index(pts)).astype(int)
         valid = np.all((idx >= 0) & (idx < np.asarray(grid.shape_zyx)), axis=1)

@@ -1,0 +1,240 @@
+"""Optuna sweeps over LightningCLI: space parsing, pruning, resume, failures, best.yaml.
+
+The trials run ``experiments/sweeps/stage2_tiny.yaml`` with its data module swapped for
+:class:`SphereDataModule` (in-memory spheres, no phantom rendering) so a trial takes seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import lightning as L
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+from torch.utils.data import DataLoader
+
+from data_modules.batch import collate_samples
+from lungvlm.cli import main
+from lungvlm.lightning.cli import LungVLMCLI
+from lungvlm.sweep import cli as sweep_cli
+from lungvlm.sweep.runner import cli_args, default_storage, format_value, open_study, run_sweep
+from lungvlm.sweep.space import ParamSpec, SweepConfig
+from tests.conftest import sphere_sample
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SWEEP = REPO / "experiments" / "sweeps" / "stage2_tiny.yaml"
+SPHERES = "tests.test_sweep.SphereDataModule"
+CROP_VOX = 16  # 16-voxel crops keep a CPU trial at a few seconds
+
+
+class SphereDataModule(L.LightningDataModule):
+    """In-memory sphere crops (tests/conftest.py) with the phantom module's size arguments.
+
+    Args:
+        crop_size_vox: edge of the cubic crop (voxels).
+        n_train: training samples (seeds 0 .. n_train - 1).
+        n_val: validation samples (seeds 100 .. 100 + n_val - 1).
+        batch_size: samples per batch.
+    """
+
+    normalization = {"hu_min": -1000.0, "hu_max": 400.0}
+
+    def __init__(
+        self, crop_size_vox: int = 32, n_train: int = 4, n_val: int = 2, batch_size: int = 2
+    ) -> None:
+        super().__init__()
+        self.crop_size_vox, self.batch_size = crop_size_vox, batch_size
+        self.n_train, self.n_val = n_train, n_val
+
+    def _loader(self, seeds: range) -> DataLoader:
+        radius_vox = self.crop_size_vox / 4
+        samples = [sphere_sample(s, self.crop_size_vox, radius_vox) for s in seeds]
+        return DataLoader(samples, batch_size=self.batch_size, collate_fn=collate_samples)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(range(self.n_train))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(range(100, 100 + self.n_val))
+
+
+def tiny_sweep_dict(**changes) -> dict:
+    """stage2_tiny.yaml with sphere data and ``changes`` applied to its top-level entries."""
+    raw = yaml.safe_load(TINY_SWEEP.read_text())
+    raw["base_configs"] = [str(REPO / p) for p in raw["base_configs"]]
+    raw["overrides"]["data.class_path"] = SPHERES
+    raw["overrides"]["data.init_args.crop_size_vox"] = CROP_VOX
+    raw.update(changes)
+    return raw
+
+
+def tiny_sweep(**changes) -> SweepConfig:
+    """:func:`tiny_sweep_dict` parsed."""
+    return SweepConfig.from_dict(tiny_sweep_dict(**changes))
+
+
+def states(study: optuna.Study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for trial in study.trials:
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+# ---------------------------------------------------------------- the sweep YAML
+def test_tiny_sweep_file_parses_with_its_space():
+    config = SweepConfig.from_yaml(TINY_SWEEP)
+    assert config.metric == "val/seg/dice" and config.direction == "maximize"
+    assert config.n_trials == 6
+    assert [p.key for p in config.space] == [
+        "model.optimizer.init_args.lr",
+        "model.seg_loss.init_args.hausdorff_weight",
+        "model.encoder.init_args.fpn_channels",
+    ]
+    lr = config.space[0]
+    assert (lr.type, lr.low, lr.high, lr.log) == ("float", 1e-6, 1e-1, True)
+    pruner = config.build_pruner()
+    assert isinstance(pruner, optuna.pruners.MedianPruner)
+    assert pruner._n_startup_trials == 2 and pruner._n_warmup_steps == 0
+
+
+def test_suggest_reads_the_space_and_cli_args_layer_in_order():
+    config = tiny_sweep(space={"a.lr": {"type": "float", "low": 0.1, "high": 1.0}})
+    fixed = optuna.trial.FixedTrial({"a.lr": 0.25})
+    params = config.suggest(fixed)
+    assert params == {"a.lr": 0.25}
+    args = cli_args(config, params, "/tmp/run")
+    configs = [args[i + 1] for i, a in enumerate(args) if a == "--config"]
+    assert [Path(c).name for c in configs] == ["base.yaml", "stage2.yaml", "debug.yaml"]
+    assert args[-3:] == ["--a.lr=0.25", "--run_dir", "/tmp/run"]
+    assert "--model.init_from=null" in args and f"--data.class_path={SPHERES}" in args
+    assert format_value(True) == "true" and format_value("[8, 16]") == "[8, 16]"
+
+
+def test_int_and_categorical_specs_draw_within_their_range():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    depth = ParamSpec.from_dict("d", {"type": "int", "low": 2, "high": 8, "step": 2})
+    norm = ParamSpec.from_dict("n", {"type": "categorical", "choices": ["instance", "batch"]})
+    drawn = [(depth.suggest(t), norm.suggest(t)) for t in (study.ask() for _ in range(20))]
+    assert {d for d, _ in drawn} <= {2, 4, 6, 8} and len({d for d, _ in drawn}) > 1
+    assert {n for _, n in drawn} == {"instance", "batch"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"type": "flaot", "low": 0, "high": 1}, r"type='flaot' is not valid.*did you mean 'float'"),
+        ({"type": "float", "low": 2.0, "high": 1.0}, r"low=2.0 is above high=1.0"),
+        ({"type": "float", "low": 0.0, "high": 1.0, "log": True}, r"log=true needs low > 0"),
+        ({"type": "int", "low": 1}, r"needs 'low' and 'high'"),
+        ({"type": "categorical", "choices": []}, r"expected a non-empty list"),
+        ({"type": "categorical", "choices": [[8, 16]]}, r"write lists as YAML strings"),
+        ({"type": "float", "low": 0, "high": 1, "choices": [1]}, r"unknown entries \['choices'\]"),
+    ],
+)
+def test_bad_param_specs_are_rejected(spec, match):
+    with pytest.raises(ValueError, match=match):
+        ParamSpec.from_dict("model.x", spec)
+
+
+def test_bad_sweep_configs_are_rejected():
+    raw = yaml.safe_load(TINY_SWEEP.read_text())
+    with pytest.raises(ValueError, match=r"unknown sweep keys \['metrc'\].*did you mean 'metric'"):
+        SweepConfig.from_dict({**raw, "metrc": "val/loss"})
+    with pytest.raises(ValueError, match=r"direction='maximise'.*did you mean 'maximize'"):
+        SweepConfig.from_dict({**raw, "direction": "maximise"})
+    with pytest.raises(ValueError, match=r"pruner.type='medain'.*did you mean 'median'"):
+        SweepConfig.from_dict({**raw, "pruner": {"type": "medain"}})
+    clash = {**raw, "overrides": {"model.optimizer.init_args.lr": 0.1}}
+    with pytest.raises(ValueError, match=r"both fixed in overrides and searched"):
+        SweepConfig.from_dict(clash)
+    with pytest.raises(FileNotFoundError, match="nope.yaml does not exist"):
+        SweepConfig.from_yaml(REPO / "nope.yaml")
+
+
+# ---------------------------------------------------------------- real trials
+def test_sweep_prunes_resumes_and_writes_a_best_config_that_fits(tmp_path, capsys):
+    config = tiny_sweep()
+    start = time.perf_counter()
+    first = run_sweep(config, tmp_path, n_trials=3, study_name="tiny", write_outputs=False)
+    assert len(first.trials) == 3
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in first.trials)
+
+    # Resume through the `sweep` subcommand: same storage and name, 6 trials in all.
+    sweep_yaml = tmp_path / "sweep.yaml"
+    sweep_yaml.write_text(yaml.safe_dump(tiny_sweep_dict()))
+    parser = argparse.ArgumentParser()
+    sweep_cli.register(parser.add_subparsers())
+    namespace = parser.parse_args(
+        ["sweep", "--config", str(sweep_yaml), "--trials", "6", "--out", str(tmp_path)]
+        + ["--study", "tiny"]
+    )
+    assert namespace.func(namespace) == 0
+    elapsed = time.perf_counter() - start
+    study = optuna.load_study(study_name="tiny", storage=default_storage(tmp_path))
+    printed = capsys.readouterr().out
+    print(f"6 trials: {elapsed:.1f} s, states {states(study)}")
+    assert f"best config: {tmp_path / 'best.yaml'}" in printed
+
+    assert [t.number for t in study.trials] == list(range(6))  # nothing ran twice
+    counts = states(study)
+    assert counts.get("PRUNED", 0) >= 1, counts
+    assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == 6
+    sampled = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(sampled)) == 6
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert all(t.intermediate_values for t in pruned)  # reported per epoch before pruning
+    assert study.best_trial.value == max(
+        t.value for t in study.trials if t.state == TrialState.COMPLETE
+    )
+
+    rows = (tmp_path / "trials.csv").read_text().strip().splitlines()
+    assert len(rows) == 7 and "params_model.optimizer.init_args.lr" in rows[0]
+    assert (tmp_path / "optimization_history.png").stat().st_size > 0
+    assert default_storage(tmp_path).endswith(str(tmp_path.resolve() / "study.db"))
+
+    best_yaml = tmp_path / "best.yaml"
+    best = yaml.safe_load(best_yaml.read_text())
+    lr = study.best_trial.params["model.optimizer.init_args.lr"]
+    assert best["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(lr)
+    assert best["trainer"]["max_epochs"] == 2 and best["model"]["init_from"] is None
+    assert best["data"]["class_path"] == SPHERES
+    assert best["run_dir"] == str(tmp_path / "best")
+    parsed = LungVLMCLI(args=["--config", str(best_yaml)], run=False)
+    assert parsed.model.encoder.fpn_channels == study.best_trial.params[
+        "model.encoder.init_args.fpn_channels"
+    ]
+    assert parsed.trainer.max_epochs == 2
+
+    # `lungvlm fit --config OUT/best.yaml` accepts it unchanged.
+    assert main(["fit", "--config", str(best_yaml), "--trainer.fast_dev_run=true"]) == 0
+
+
+def test_failing_trials_are_recorded_and_the_study_continues(tmp_path):
+    # mask_ratio=1.5 makes LungVLMModule raise ValueError; the next trial must still run.
+    ratio = {"model.mask_ratio": {"type": "categorical", "choices": [1.5, 0.5]}}
+    config = tiny_sweep(space=ratio, n_trials=1, pruner={"type": "none"})
+    study = open_study(config, default_storage(tmp_path), "fails")
+    study.enqueue_trial({"model.mask_ratio": 1.5})
+    study.enqueue_trial({"model.mask_ratio": 0.5})
+    # n_trials=1 counts only COMPLETE/PRUNED trials: after the failure one is still to run.
+    study = run_sweep(config, tmp_path, study_name="fails", max_failures=3)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    first, last = study.trials[0], study.trials[-1]
+    assert first.params == {"model.mask_ratio": 1.5} and first.value is None
+    assert last.params == {"model.mask_ratio": 0.5} and last.value > 0.0
+    assert (tmp_path / "trials.csv").read_text().count("FAIL") == 1
+
+    # A value the parser rejects (not a stage) is a FAIL too, not a process exit, and a
+    # worker whose trials all fail stops after max_failures (default n_trials) of them.
+    stage = {"model.stage": {"type": "categorical", "choices": ["segmnet"]}}
+    config = tiny_sweep(space=stage, n_trials=5)
+    study = run_sweep(config, tmp_path, study_name="bad-config", max_failures=2)
+    assert states(study) == {"FAIL": 2}

@@ -260,8 +260,10 @@ def write_case_atomic(
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, np.ndarray | Path):
-        return value.tolist() if isinstance(value, np.ndarray) else str(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
     raise TypeError(f"cannot store {type(value).__name__} in case.json")
 
 

@@ -127,15 +127,16 @@ class CachedNoduleDataset(Dataset):
         self.label_fraction, self.jitter_mm = float(label_fraction), float(jitter_mm)
         self.seed, self.malignancy_rule, self.epoch = int(seed), malignancy_rule, 0
         self.transform = train_augmentation() if augment else None
-        self.entries: list[tuple[int, int | None]] = [
+        positives: list[tuple[int, int | None]] = [
             (c, n) for c, case in enumerate(self.cases) for n in range(len(case["nodules"]))
         ]
-        if self.entries and positive_fraction > 0:
-            n_neg = int(round(len(self.entries) * (1 - positive_fraction) / positive_fraction))
+        if positive_fraction == 0:
+            positives = []
+        if positives:
+            n_neg = int(round(len(positives) * (1 - positive_fraction) / positive_fraction))
         else:
-            n_neg = len(self.cases)  # no nodules (or no positives wanted): one per case
-            self.entries = [] if positive_fraction == 0 else self.entries
-        self.entries += [(i % len(self.cases), None) for i in range(n_neg)] if self.cases else []
+            n_neg = len(self.cases)  # nothing to centre on: one lung-centred crop per case
+        self.entries = positives + [(i % len(self.cases), None) for i in range(n_neg)]
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -9,8 +9,10 @@ Label conventions (project choices, ``reference/lidc-idri.md`` "Common conventio
 
 - LIDC: only "nodule >= 3 mm" annotations (all nine ratings present and non-zero, as pylidc
   keeps them); "< 3 mm" one-point marks and non-nodules are counted in ``case.json`` but get no
-  mask. Annotations are grouped with :func:`~data_modules.io.cluster_annotations` and each
-  cluster's mask is the 50 % consensus (pylidc's ``clevel=0.5``). Where two consensus masks
+  mask. Annotations are grouped with :func:`~data_modules.io.cluster_annotations` at a
+  tolerance of max(SliceThickness, pixel spacing) in mm (pylidc uses SliceThickness; the
+  larger value also joins two readers' outlines one pixel apart on one slice when pixels are
+  coarser than slices) and each cluster's mask is the 50 % consensus (pylidc's ``clevel=0.5``). Where two consensus masks
   overlap, the voxel keeps the earlier nodule's label. Size is measured on the consensus mask
   at the source spacing with :func:`lungvlm.clinical.measure.measure_nodule`. The binary
   malignancy label uses ``malignancy_rule`` (default ``"mean_gt3"``), recorded per nodule
@@ -198,7 +200,9 @@ def _load_lidc(task: CaseTask, options: PreprocessOptions):
     label_map = np.zeros(volume.shape, dtype=np.uint8)
     nodules: list[dict[str, Any]] = []
     empty_clusters = 0
-    for cluster in cluster_annotations(kept, volume):
+    thickness = volume.metadata.get("slice_thickness_mm") or volume.spacing_mm[0]
+    tol_mm = max(float(thickness), *volume.spacing_mm[1:])
+    for cluster in cluster_annotations(kept, volume, tol_mm=tol_mm):
         consensus = consensus_mask(
             [rasterize_annotation(n, volume) for n in cluster], CONSENSUS_LEVEL
         )

@@ -65,3 +65,13 @@ def test_help_lists_every_command(capsys):
     for command in ("fit", "validate", "test", "predict", "phantom"):
         assert command in text
     assert build_plain_parser().prog == "lungvlm"
+
+
+def test_fast_dev_run_of_stage3_debug_config(tmp_path):
+    args = ["fit"]
+    for name in ("base.yaml", "stage3.yaml", "debug.yaml"):
+        args += ["--config", str(EXPERIMENTS / name)]
+    args += ["--trainer.fast_dev_run=true", f"--run_dir={tmp_path}",
+             f"--model.init_from={tmp_path / 'none.ckpt'}"]
+    assert main(args) == 0
+    assert (tmp_path / "tokenizer" / "tokenizer.json").is_file()

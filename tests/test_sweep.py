@@ -32,7 +32,7 @@ from tests.conftest import sphere_sample
 REPO = Path(__file__).resolve().parents[1]
 TINY_SWEEP = REPO / "experiments" / "sweeps" / "stage2_tiny.yaml"
 SPHERES = "tests.test_sweep.SphereDataModule"
-CROP_VOX = 16  # 16-voxel crops keep a CPU trial at a few seconds
+CROP_VOX = 24  # 24-voxel crops keep a CPU trial at a few seconds
 
 
 class SphereDataModule(L.LightningDataModule):

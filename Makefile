@@ -8,7 +8,7 @@ RUNS ?= runs
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format phantom train-stage1 train-stage2 train-stage3 train-language bench clean
+.PHONY: help install test test-all lint format phantom train-stage1 train-stage2 train-stage3 sweep bench clean
 
 help: ## List the targets with a one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +55,11 @@ $(STAGE2_CKPT): | $(STAGE1_CKPT)
 
 train-stage3: $(STAMP) | $(STAGE2_CKPT) ## Stage 3: grounded vision-language model on phantoms (runs stages 1-2 first if their checkpoints are missing)
 	$(VENV)/bin/lungvlm fit --config experiments/base.yaml --config experiments/stage3.yaml
+
+SWEEP ?= experiments/sweeps/stage2_tiny.yaml
+TRIALS ?=
+sweep: $(STAMP) ## Optuna sweep (SWEEP=experiments/sweeps/<name>.yaml, TRIALS=N) into $(RUNS)/sweeps
+	$(VENV)/bin/lungvlm sweep --config $(SWEEP) $(if $(TRIALS),--trials $(TRIALS))
 
 bench: $(STAMP) ## Run the benchmarks and write benchmarks/RESULTS.md
 	$(PY) -m benchmarks.run_all --out benchmarks/RESULTS.md

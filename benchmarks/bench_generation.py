@@ -129,7 +129,9 @@ def run(
             f"{batch_size}, crop={crop}, runs={runs}"
         )
     if max_new_tokens is None:
-        max_new_tokens = int(stage_config("vision_language")["model"]["vl"]["generation_max_new_tokens"])
+        max_new_tokens = int(
+            stage_config("vision_language")["model"]["vl"]["generation_max_new_tokens"]
+        )
     decoder, visual = build_decoder(crop, batch_size, seed)
     generated: dict[bool, int] = {}
     seconds: dict[bool, float] = {}

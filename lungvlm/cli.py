@@ -21,7 +21,11 @@ LIGHTNING_COMMANDS: dict[str, str] = {
 }
 
 #: Plain subcommands: (name, module defining ``register(subparsers)``).
-PLAIN_COMMANDS: tuple[tuple[str, str], ...] = (("phantom", "data_modules.phantom.cli"),)
+PLAIN_COMMANDS: tuple[tuple[str, str], ...] = (
+    ("phantom", "data_modules.phantom.cli"),
+    ("preprocess", "data_modules.preprocess_cli"),
+    ("sweep", "lungvlm.sweep.cli"),
+)
 
 
 def build_plain_parser() -> argparse.ArgumentParser:

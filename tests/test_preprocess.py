@@ -101,17 +101,16 @@ def test_build_case_crops_lungs_normalises_and_places_nodule():
 
 
 @pytest.fixture
-def lidc_src(tmp_path: Path) -> tuple[Path, list[str]]:
+def lidc_src(tmp_path: Path) -> Path:
     """An LIDC tree of two phantom series; the second loses a middle slice (a gap)."""
     src = tmp_path / "lidc"
     folders = [write_lidc_tree(generate_case(seed, TINY), src) for seed in (0, 1)]
     (folders[1] / "1-012.dcm").unlink()
-    uids = [t.case_id for t in discover_cases("lidc", src)]
-    return src, uids
+    return src
 
 
 def test_bad_case_goes_to_failures_and_rerun_skips_done(lidc_src, tmp_path: Path):
-    src, _ = lidc_src
+    src = lidc_src
     dst = tmp_path / "cache"
     tasks = discover_cases("lidc", src)
     bad_uid = next(t.case_id for t in tasks if not (Path(t.source) / "1-012.dcm").exists())
@@ -134,7 +133,7 @@ def test_bad_case_goes_to_failures_and_rerun_skips_done(lidc_src, tmp_path: Path
 
 
 def test_crash_mid_case_leaves_no_half_written_folder(lidc_src, tmp_path: Path, monkeypatch):
-    src, _ = lidc_src
+    src = lidc_src
     dst = tmp_path / "cache"
     real_save = np.save
 

@@ -72,6 +72,7 @@ def tiny_sweep_dict(**changes) -> dict:
     raw["base_configs"] = [str(REPO / p) for p in raw["base_configs"]]
     raw["overrides"]["data.class_path"] = SPHERES
     raw["overrides"]["data.init_args.crop_size_vox"] = CROP_VOX
+    raw["overrides"]["data.init_args.batch_size"] = 1
     raw.update(changes)
     return raw
 
@@ -160,45 +161,47 @@ def test_bad_sweep_configs_are_rejected():
 
 
 # ---------------------------------------------------------------- real trials
-def test_sweep_prunes_resumes_and_writes_a_best_config_that_fits(tmp_path, capsys):
-    config = tiny_sweep()
-    start = time.perf_counter()
-    first = run_sweep(config, tmp_path, n_trials=3, study_name="tiny", write_outputs=False)
-    assert len(first.trials) == 3
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in first.trials)
+def sweep_then_resume(tmp_path: Path, first: int, total: int, **changes) -> optuna.Study:
+    """Run ``first`` trials through the API, then resume to ``total`` through ``sweep``."""
+    config = tiny_sweep(**changes)
+    study = run_sweep(config, tmp_path, n_trials=first, study_name="tiny", write_outputs=False)
+    assert len(study.trials) == first
+    assert not (tmp_path / "best.yaml").exists()
 
-    # Resume through the `sweep` subcommand: same storage and name, 6 trials in all.
+    # Same storage (the default OUT/study.db) and study name: only the missing trials run.
     sweep_yaml = tmp_path / "sweep.yaml"
-    sweep_yaml.write_text(yaml.safe_dump(tiny_sweep_dict()))
+    sweep_yaml.write_text(yaml.safe_dump(tiny_sweep_dict(**changes)))
     parser = argparse.ArgumentParser()
     sweep_cli.register(parser.add_subparsers())
-    namespace = parser.parse_args(
-        ["sweep", "--config", str(sweep_yaml), "--trials", "6", "--out", str(tmp_path)]
-        + ["--study", "tiny"]
-    )
+    argv = ["sweep", "--config", str(sweep_yaml), "--trials", str(total)]
+    namespace = parser.parse_args([*argv, "--out", str(tmp_path), "--study", "tiny"])
     assert namespace.func(namespace) == 0
-    elapsed = time.perf_counter() - start
     study = optuna.load_study(study_name="tiny", storage=default_storage(tmp_path))
+    assert [t.number for t in study.trials] == list(range(total))  # nothing ran twice
+    counts = states(study)
+    assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == total, counts
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == total
+    rows = (tmp_path / "trials.csv").read_text().strip().splitlines()
+    assert len(rows) == total + 1 and "params_model.optimizer.init_args.lr" in rows[0]
+    return study
+
+
+def test_sweep_prunes_resumes_and_writes_a_best_config_that_fits(tmp_path, capsys):
+    start = time.perf_counter()
+    # Prune from the second trial on, so that three trials are enough to see a pruned one.
+    pruner = {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}
+    study = sweep_then_resume(tmp_path, first=2, total=3, pruner=pruner)
     printed = capsys.readouterr().out
-    print(f"6 trials: {elapsed:.1f} s, states {states(study)}")
+    print(f"3 trials: {time.perf_counter() - start:.1f} s, states {states(study)}")
     assert f"best config: {tmp_path / 'best.yaml'}" in printed
 
-    assert [t.number for t in study.trials] == list(range(6))  # nothing ran twice
-    counts = states(study)
-    assert counts.get("PRUNED", 0) >= 1, counts
-    assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == 6
-    sampled = [tuple(sorted(t.params.items())) for t in study.trials]
-    assert len(set(sampled)) == 6
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert len(pruned) >= 1, states(study)
     assert all(t.intermediate_values for t in pruned)  # reported per epoch before pruning
-    assert study.best_trial.value == max(
-        t.value for t in study.trials if t.state == TrialState.COMPLETE
-    )
-
-    rows = (tmp_path / "trials.csv").read_text().strip().splitlines()
-    assert len(rows) == 7 and "params_model.optimizer.init_args.lr" in rows[0]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert study.best_trial.value == max(t.value for t in complete)
+    assert all(set(t.intermediate_values) == {0, 1} for t in complete)  # one per epoch
     assert (tmp_path / "optimization_history.png").stat().st_size > 0
-    assert default_storage(tmp_path).endswith(str(tmp_path.resolve() / "study.db"))
 
     best_yaml = tmp_path / "best.yaml"
     best = yaml.safe_load(best_yaml.read_text())
@@ -206,15 +209,24 @@ def test_sweep_prunes_resumes_and_writes_a_best_config_that_fits(tmp_path, capsy
     assert best["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(lr)
     assert best["trainer"]["max_epochs"] == 2 and best["model"]["init_from"] is None
     assert best["data"]["class_path"] == SPHERES
+    assert best["data"]["init_args"]["crop_size_vox"] == CROP_VOX
     assert best["run_dir"] == str(tmp_path / "best")
     parsed = LungVLMCLI(args=["--config", str(best_yaml)], run=False)
-    assert parsed.model.encoder.fpn_channels == study.best_trial.params[
-        "model.encoder.init_args.fpn_channels"
-    ]
+    fpn = study.best_trial.params["model.encoder.init_args.fpn_channels"]
+    assert parsed.model.encoder.fpn_channels == fpn
     assert parsed.trainer.max_epochs == 2
 
     # `lungvlm fit --config OUT/best.yaml` accepts it unchanged.
     assert main(["fit", "--config", str(best_yaml), "--trainer.fast_dev_run=true"]) == 0
+
+
+@pytest.mark.slow
+def test_six_trials_with_the_tiny_sweeps_own_pruner(tmp_path):
+    start = time.perf_counter()
+    study = sweep_then_resume(tmp_path, first=3, total=6)
+    print(f"6 trials: {time.perf_counter() - start:.1f} s, states {states(study)}")
+    assert states(study).get("PRUNED", 0) >= 1, states(study)
+    assert (tmp_path / "param_importances.png").stat().st_size > 0
 
 
 def test_failing_trials_are_recorded_and_the_study_continues(tmp_path):

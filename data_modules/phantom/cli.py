@@ -23,6 +23,7 @@ from data_modules.phantom.generator import (
     generate_case,
     generate_follow_up,
 )
+from data_modules.phantom.writers_cli import add_format_arguments, write_phantom_set
 
 
 def _atomic(path: Path, write) -> None:
@@ -96,12 +97,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="PNG",
         help="write a preview montage of the first case",
     )
+    add_format_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``lungvlm phantom`` with parsed ``args``; returns the exit code."""
+    if args.format != "nifti":
+        return write_phantom_set(args)
     from rich.progress import Progress
 
     if args.n < 1:

@@ -164,3 +164,18 @@ def test_solid_component_errors() -> None:
         solid_component_diameter_mm(mask, np.zeros((3, 3, 3)), (1.0, 1.0, 1.0), math.nan)
     with pytest.raises(ValueError, match=r"volume_mm3=-1.0 must be a non-negative"):
         equivalent_sphere_diameter_mm(-1.0)
+
+
+@pytest.mark.parametrize("shift", [0, 1, 2, 3])
+def test_axes_do_not_depend_on_where_the_mask_sits(shift):
+    # Regression: short-axis bands were counted on absolute coordinates, so padding one row
+    # changed the short axis of this slice from 14.71 mm to 18.18 mm.
+    base = np.array([[1, 1, 1], [0, 1, 1]], dtype=bool)
+    mask = np.zeros((1, 8, 8), dtype=bool)
+    mask[0, shift : shift + 2, shift : shift + 3] = base
+    reference = np.zeros((1, 8, 8), dtype=bool)
+    reference[0, :2, :3] = base
+    spacing = (4.0, 8.21, 8.21)
+    got, expected = measure_nodule(mask, spacing), measure_nodule(reference, spacing)
+    assert got.short_axis_mm == pytest.approx(expected.short_axis_mm)
+    assert got.long_axis_mm == pytest.approx(expected.long_axis_mm)

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -131,7 +132,10 @@ def test_int_and_categorical_specs_draw_within_their_range():
 @pytest.mark.parametrize(
     ("spec", "match"),
     [
-        ({"type": "flaot", "low": 0, "high": 1}, r"type='flaot' is not valid.*did you mean 'float'"),
+        (
+            {"type": "flaot", "low": 0, "high": 1},
+            r"type='flaot' is not valid.*did you mean 'float'",
+        ),
         ({"type": "float", "low": 2.0, "high": 1.0}, r"low=2.0 is above high=1.0"),
         ({"type": "float", "low": 0.0, "high": 1.0, "log": True}, r"log=true needs low > 0"),
         ({"type": "int", "low": 1}, r"needs 'low' and 'high'"),
@@ -250,3 +254,85 @@ def test_failing_trials_are_recorded_and_the_study_continues(tmp_path):
     config = tiny_sweep(space=stage, n_trials=5)
     study = run_sweep(config, tmp_path, study_name="bad-config", max_failures=2)
     assert states(study) == {"FAIL": 2}
+
+
+# ---------------------------------------------------------------- PostgreSQL (opt-in)
+POSTGRES_DRIVERS = {"psycopg2": "psycopg2", "psycopg": "psycopg", "pg8000": "pg8000"}
+
+
+def _postgres_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(candidates[-1]) if candidates else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    """A throw-away PostgreSQL server (trust auth, 127.0.0.1, random port) and database."""
+    import importlib.util
+    import pwd
+
+    driver = next((d for d, m in POSTGRES_DRIVERS.items() if importlib.util.find_spec(m)), None)
+    if driver is None:
+        pytest.skip("no PostgreSQL driver for SQLAlchemy installed (psycopg2, psycopg, pg8000)")
+    tools = {name: _postgres_bin(name) for name in ("initdb", "pg_ctl", "createdb")}
+    if not all(tools.values()):
+        pytest.skip(f"PostgreSQL server binaries not found: {tools}")
+    prefix: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="lungvlm-pg-"))
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        user = next((u for u in ("postgres", "nobody") if _has_user(u)), None)
+        if user is None or shutil.which("runuser") is None:
+            pytest.skip("running as root without a 'postgres'/'nobody' user or runuser")
+        record = pwd.getpwnam(user)
+        os.chown(root, record.pw_uid, record.pw_gid)
+        prefix = ["runuser", "-u", user, "--"]
+    port, data = _free_port(), root / "data"
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+
+    def call(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=60)
+
+    steps = [
+        (tools["initdb"], "-D", str(data), "-A", "trust", "-U", "sweep"),
+        (tools["pg_ctl"], "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"),
+        (tools["createdb"], "-h", "127.0.0.1", "-p", str(port), "-U", "sweep", "optuna"),
+    ]
+    try:
+        for step in steps:
+            done = call(*step)
+            if done.returncode != 0:
+                pytest.skip(f"could not start PostgreSQL ({step[0]}): {done.stderr[-500:]}")
+        yield f"postgresql+{driver}://sweep@127.0.0.1:{port}/optuna"
+    finally:
+        call(tools["pg_ctl"], "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_two_trials_share_a_postgresql_study(tmp_path, postgres_url):
+    config = tiny_sweep(pruner={"type": "none"})
+    run_sweep(config, tmp_path / "a", n_trials=1, storage=postgres_url, study_name="pg")
+    # A second worker (another folder, same storage and name) adds the second trial.
+    study = run_sweep(config, tmp_path / "b", n_trials=2, storage=postgres_url, study_name="pg")
+    assert states(study) == {"COMPLETE": 2}
+    assert [Path(t.user_attrs["run_dir"]).parent.name for t in study.trials] == ["a", "b"]
+    assert (tmp_path / "b" / "best.yaml").exists()

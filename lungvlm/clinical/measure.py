@@ -109,7 +109,9 @@ def _in_plane_axes(
     # (mean +0.57), the chord by up to 0.93 (mean +0.25).)
     along = points_mm @ unit
     across = points_mm @ perpendicular
-    bands = np.rint(along / _pixel_size_mm(unit, pixel_mm)).astype(np.int64)
+    # Bands are counted from the nodule's own end so the result does not depend on where the
+    # mask sits in the volume (absolute coordinates made it change under a one-voxel shift).
+    bands = np.rint((along - along.min()) / _pixel_size_mm(unit, pixel_mm)).astype(np.int64)
     bands -= bands.min()
     low = np.full(bands.max() + 1, np.inf)
     high = np.full(bands.max() + 1, -np.inf)

@@ -38,9 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="Optuna storage URL (default: sqlite:///OUT/study.db)",
     )
-    parser.add_argument(
-        "--study", default=None, help="study name (default: the sweep file's name)"
-    )
+    parser.add_argument("--study", default=None, help="study name (default: the sweep file's name)")
     parser.add_argument(
         "--max-failures",
         type=int,

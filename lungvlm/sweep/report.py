@@ -64,9 +64,7 @@ def merged_config_yaml(
     return comments + text
 
 
-def write_best_config(
-    study: optuna.Study, config: SweepConfig, out_dir: str | Path
-) -> Path | None:
+def write_best_config(study: optuna.Study, config: SweepConfig, out_dir: str | Path) -> Path | None:
     """Write ``out_dir/best.yaml`` for the best COMPLETE trial; None if there is none."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:

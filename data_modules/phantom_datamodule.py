@@ -33,7 +33,7 @@ from lungvlm.labels import CONCEPT_NAMES, concept_to_unit, lungrads_index
 
 SPLIT_OFFSETS: dict[str, int] = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 SEED_STRIDE: int = 3_000_000
-CACHE_VERSION: int = 1
+CACHE_VERSION: int = 2  # 2: crop reports no longer state the scan slice number
 
 
 def split_seed_base(split: str, seed: int) -> int:

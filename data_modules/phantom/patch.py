@@ -132,7 +132,8 @@ def make_nodule_sample(
                 spec, 0, mask, m_image, m_grid.spacing_mm, offset_zyx=(0, 0, 0), centroid_lps_mm=tuple(centroid),
                 side=side, lobe="upper" if (lobe == "middle" and side == "left") else lobe,
             )  # fmt: skip
-    findings = exam_findings([labels] if labels is not None else [], None)
+    # A crop's report does not name the whole scan's slice number: it is not in the crop.
+    findings = exam_findings([labels] if labels is not None else [], None, with_slice=False)
     report = render(findings, seed=seed, state_defaults=labels is None)
     return {
         "image_hu": image.astype(np.float32),

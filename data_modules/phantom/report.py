@@ -10,8 +10,14 @@ from lungvlm.text.renderer import RenderedReport, RenderStyle, render_report
 from lungvlm.text.schema import ExamFindings, Impression, NoduleChange, NoduleFinding
 
 
-def nodule_finding(labels: NoduleLabels) -> NoduleFinding:
-    """The report finding of one nodule (values as measured)."""
+def nodule_finding(labels: NoduleLabels, with_slice: bool = True) -> NoduleFinding:
+    """The report finding of one nodule (values as measured).
+
+    Args:
+        labels: the nodule's measured labels.
+        with_slice: state the axial slice ("image 103"); off for crops, where the whole
+            scan's slice number cannot be read from the image.
+    """
     change = None
     if labels.change is not None:
         change = NoduleChange(
@@ -32,19 +38,24 @@ def nodule_finding(labels: NoduleLabels) -> NoduleFinding:
         contains_fat=labels.contains_fat,
         change=change,
         volume_mm3=labels.volume_mm3,
-        slice_index=int(labels.axial_slice),
+        slice_index=int(labels.axial_slice) if with_slice else None,
     )
 
 
-def exam_findings(nodules: list[NoduleLabels], laa950_percent: float | None) -> ExamFindings:
-    """Findings of a whole exam: nodules, emphysema (graded from LAA-950) and the impression."""
+def exam_findings(
+    nodules: list[NoduleLabels], laa950_percent: float | None, with_slice: bool = True
+) -> ExamFindings:
+    """Findings of a whole exam: nodules, emphysema (graded from LAA-950) and the impression.
+
+    ``with_slice`` is passed to :func:`nodule_finding`.
+    """
     results = [
         LungRADSResult(n.lungrads_category, n.lungrads_management, "phantom") for n in nodules
     ]
     exam = categorize_exam(results)
     emphysema = "none" if laa950_percent is None else emphysema_severity(laa950_percent)
     return ExamFindings(
-        nodules=[nodule_finding(n) for n in nodules],
+        nodules=[nodule_finding(n, with_slice) for n in nodules],
         emphysema=emphysema,
         laa950_percent=laa950_percent,
         impression=Impression(category=exam.category, management=exam.management),

@@ -40,11 +40,13 @@ def read_report_json(path: str | PathLike[str]) -> ExamReport:
     return ExamReport.from_json(Path(path).read_text(encoding="utf-8"))
 
 
-def _mm(value_mm: float) -> str:
+def format_mm(value_mm: float) -> str:
+    """A length for display: rounded half up to 0.1 mm (Lung-RADS v2022), e.g. "7.3 mm"."""
     return f"{round_diameter_mm(value_mm):.1f} mm"
 
 
-def _percent(probability: float) -> str:
+def format_percent(probability: float) -> str:
+    """A probability in [0, 1] as a percentage with one decimal, e.g. "12.5 %"."""
     return f"{round_half_up(100.0 * probability, 1):.1f} %"
 
 
@@ -56,11 +58,11 @@ def _location(nodule: NoduleReport) -> str:
 
 def _size_line(n: NoduleReport) -> str:
     line = (
-        f"- Size: mean diameter {_mm(n.mean_diameter_mm)} (long axis {_mm(n.long_axis_mm)}, "
-        f"short axis {_mm(n.short_axis_mm)}); volume {round_half_up(n.volume_mm3, 0):.0f} mm³"
+        f"- Size: mean diameter {format_mm(n.mean_diameter_mm)} (long axis {format_mm(n.long_axis_mm)}, "
+        f"short axis {format_mm(n.short_axis_mm)}); volume {round_half_up(n.volume_mm3, 0):.0f} mm³"
     )
     if n.solid_component_mm is not None:
-        line += f"; solid component {_mm(n.solid_component_mm)}"
+        line += f"; solid component {format_mm(n.solid_component_mm)}"
     return line
 
 
@@ -70,7 +72,7 @@ def _comparison_line(n: NoduleReport) -> str:
         return "- Comparison: no prior scan compared"
     parts = [f"- Comparison: {c.status} since the prior scan"]
     if c.prior_mean_diameter_mm is not None:
-        parts.append(f"prior mean diameter {_mm(c.prior_mean_diameter_mm)}")
+        parts.append(f"prior mean diameter {format_mm(c.prior_mean_diameter_mm)}")
     if c.interval_days is not None:
         parts.append(f"interval {round_half_up(c.interval_days, 0):.0f} days")
     if c.vdt_days is not None:
@@ -102,9 +104,9 @@ def _nodule_section(n: NoduleReport) -> list[str]:
         f"- Features: {', '.join(attributes)}",
         f"- Centre: LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm; voxel (z, y, x) ({kz:.0f}, {ky:.0f}, {kx:.0f})",
         f"- Lung-RADS category {n.lungrads_category}; model malignancy estimate "
-        f"{_percent(n.malignancy_probability)}"
+        f"{format_percent(n.malignancy_probability)}"
         + (
-            f"; model 12-month growth estimate {_percent(n.growth_probability_12m)}"
+            f"; model 12-month growth estimate {format_percent(n.growth_probability_12m)}"
             if n.growth_probability_12m is not None
             else ""
         ),
@@ -154,7 +156,7 @@ def report_markdown(report: ExamReport) -> str:
         top = max(report.nodules, key=lambda n: n.malignancy_probability)
         lines.append(
             f"- Highest model malignancy estimate: nodule {top.index}, "
-            f"{_percent(top.malignancy_probability)} (a model estimate, not a diagnosis)."
+            f"{format_percent(top.malignancy_probability)} (a model estimate, not a diagnosis)."
         )
     if exam.needs_review:
         lines.append("- This draft needs radiologist review before use.")

@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from numpy.typing import ArrayLike, NDArray  # noqa: E402
+from numpy.typing import ArrayLike  # noqa: E402
 
 LUNG_WINDOW_CENTER_HU = -600.0
 LUNG_WINDOW_WIDTH_HU = 1500.0
@@ -55,15 +55,20 @@ def _checked_inputs(image_hu, spacing_mm, mask, centroid_zyx, heatmap):
     return image, spacing, mask_arr, index, heat
 
 
-def _panels(image, mask, heat, index, spacing):
-    """(name, image2d, mask2d, heat2d, (extent), origin) for the three orthogonal planes."""
+def _panels(image, mask, heat, index, spacing, full_index):
+    """(name, image2d, mask2d, heat2d, (extent), origin) for the three orthogonal planes.
+
+    ``index`` picks the slices of the (possibly cropped) arrays; ``full_index`` is the same
+    point in the uncropped volume, used in the panel names.
+    """
     k, j, i = index
+    fk, fj, fi = full_index
     dz, dy, dx = spacing
     nz, ny, nx = image.shape
     pick = [
-        ("Axial", np.s_[k, :, :], (0, nx * dx, ny * dy, 0), "upper", f"z={k}"),
-        ("Coronal", np.s_[:, j, :], (0, nx * dx, 0, nz * dz), "lower", f"y={j}"),
-        ("Sagittal", np.s_[:, :, i], (0, ny * dy, 0, nz * dz), "lower", f"x={i}"),
+        ("Axial", np.s_[k, :, :], (0, nx * dx, ny * dy, 0), "upper", f"z={fk}"),
+        ("Coronal", np.s_[:, j, :], (0, nx * dx, 0, nz * dz), "lower", f"y={fj}"),
+        ("Sagittal", np.s_[:, :, i], (0, ny * dy, 0, nz * dz), "lower", f"x={fi}"),
     ]
     for name, sl, extent, origin, where in pick:
         yield (
@@ -76,10 +81,6 @@ def _panels(image, mask, heat, index, spacing):
         )
 
 
-def _pixel_centres_mm(n: int, step_mm: float) -> NDArray[np.float64]:
-    return (np.arange(n) + 0.5) * step_mm
-
-
 def nodule_overlay_png(
     image_hu: ArrayLike,
     spacing_mm: Sequence[float],
@@ -88,6 +89,7 @@ def nodule_overlay_png(
     heatmap: ArrayLike | None,
     path: str | PathLike[str],
     title: str = "",
+    field_of_view_mm: float | None = 80.0,
     panel_size_in: float = 4.0,
     dpi: int = 100,
 ) -> Path:
@@ -106,6 +108,8 @@ def nodule_overlay_png(
             maximum; values below :data:`HEATMAP_FLOOR_FRACTION` are transparent.
         path: PNG file to write (parent folders are created).
         title: figure title, e.g. "Nodule 1: solid, 7.3 mm".
+        field_of_view_mm: side of the cube (mm) around the centre that the panels show,
+            clipped to the volume; None shows whole slices.
         panel_size_in: height of the image area (and width of one panel) in inches.
         dpi: dots per inch.
 
@@ -118,6 +122,17 @@ def nodule_overlay_png(
     image, spacing, mask_arr, index, heat = _checked_inputs(
         image_hu, spacing_mm, mask, centroid_zyx, heatmap
     )
+    full_index = index
+    if field_of_view_mm is not None:
+        if not np.isfinite(field_of_view_mm) or field_of_view_mm <= 0:
+            raise ValueError(f"field_of_view_mm={field_of_view_mm!r} must be > 0 mm or None")
+        half = np.ceil(field_of_view_mm / 2.0 / spacing).astype(int)
+        lo = np.maximum(index - half, 0)
+        hi = np.minimum(index + half + 1, image.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        image, mask_arr = image[box], mask_arr[box]
+        heat = None if heat is None else heat[box]
+        index = index - lo
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     low = LUNG_WINDOW_CENTER_HU - LUNG_WINDOW_WIDTH_HU / 2.0
@@ -126,7 +141,7 @@ def nodule_overlay_png(
     try:
         fig.patch.set_facecolor("black")
         for ax, (name, img, msk, hmap, extent, origin) in zip(
-            axes, _panels(image, mask_arr, heat, index, spacing), strict=True
+            axes, _panels(image, mask_arr, heat, index, spacing, full_index), strict=True
         ):
             ax.imshow(img, cmap="gray", vmin=low, vmax=high, extent=extent, origin=origin,
                       interpolation="nearest", aspect="equal")  # fmt: skip
@@ -135,12 +150,8 @@ def nodule_overlay_png(
                 ax.imshow(shown, cmap="inferno", vmin=0.0, vmax=1.0, alpha=HEATMAP_ALPHA,
                           extent=extent, origin=origin, interpolation="bilinear", aspect="equal")  # fmt: skip
             if msk.any() and not msk.all():
-                rows_mm = _pixel_centres_mm(msk.shape[0], (extent[2] - extent[3]) / msk.shape[0])
-                cols_mm = _pixel_centres_mm(msk.shape[1], extent[1] / msk.shape[1])
-                if origin == "upper":
-                    rows_mm = abs(extent[2] - extent[3]) - rows_mm if extent[2] > 0 else rows_mm
-                ax.contour(cols_mm, np.abs(rows_mm), msk.astype(np.float32), levels=[0.5],
-                           colors="lime", linewidths=1.0)  # fmt: skip
+                ax.contour(msk.astype(np.float32), levels=[0.5], colors="lime", linewidths=1.0,
+                           extent=extent, origin=origin)  # fmt: skip
             ax.set_title(name, color="white", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -65,7 +65,11 @@ def test_two_process_ddp_splits_data_and_keeps_weights_equal(tmp_path):
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
-        strategy=DDPStrategy(process_group_backend="gloo", start_method="spawn"),
+        # Stage 2's segmentation head reads levels 0-2 only, so the encoder's deeper
+        # path-aggregation convolutions get no gradient: DDP must be told (docs/multi_gpu.md).
+        strategy=DDPStrategy(
+            process_group_backend="gloo", start_method="spawn", find_unused_parameters=True
+        ),
         max_epochs=1,
         limit_val_batches=0,
         logger=False,
@@ -80,9 +84,10 @@ def test_two_process_ddp_splits_data_and_keeps_weights_equal(tmp_path):
     print(f"2-process DDP fit: {time.perf_counter() - start:.1f} s")
 
     ids = [json.loads((tmp_path / f"rank{r}_ids.json").read_text()) for r in (0, 1)]
-    # DistributedSampler without shuffling deals the samples out round-robin.
-    assert ids[0] == [f"sphere-{s}" for s in (0, 2, 4, 6)]
-    assert ids[1] == [f"sphere-{s}" for s in (1, 3, 5, 7)]
+    # The DistributedSampler gives each rank its own half of the (shuffled) epoch.
+    assert len(ids[0]) == len(ids[1]) == N_SAMPLES // 2
+    assert not set(ids[0]) & set(ids[1])
+    assert sorted(ids[0] + ids[1]) == sorted(f"sphere-{s}" for s in range(N_SAMPLES))
 
     states = [torch.load(tmp_path / f"rank{r}_state.pt") for r in (0, 1)]
     assert states[0].keys() == states[1].keys() == initial.keys()

@@ -9,33 +9,26 @@ direction and has ``target_spacing_mm`` voxels: prepared index ``o`` lies at ori
 training cache (``data_modules/cache.py``) resamples. HU are resampled linearly (edge voxels
 repeat beyond the last original voxel centre) and then normalised with the checkpoint's
 ``hu_min``/``hu_max`` through :func:`lungvlm.clinical.hu.normalize_hu`, as training did.
-
-Windows. The model sees ``roi_size_vox`` windows (the training crop size) through MONAI
-``sliding_window_inference``. When the encoder has a context branch, each window also gets the
-context crop training used: the same grid size covering ``context_scale`` times the field of
-view around the window centre (voxel ``size // 2`` of the window), sampled linearly from the
-normalised scan; outside the scan it is 0 (``hu_min``). Windows may be skipped (outside the
-dilated lung mask, or outside the cascade's candidate region); the predictor then returns a
-zero weight so skipped windows do not dilute the average of the processed ones.
+Sliding windows: :mod:`lungvlm.inference.windows`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 from torch import nn
 
 from lungvlm.clinical.hu import normalize_hu
 from lungvlm.clinical.measure import measure_nodule
+from lungvlm.inference.windows import dilate_mm, sliding_window_probability, window_selector
 from lungvlm.lightning.checkpointing import CHECKPOINT_KEY, read_checkpoint
 from lungvlm.lightning.module import LungVLMModule
 from lungvlm.metrics.segmentation import label_components
@@ -43,8 +36,6 @@ from lungvlm.metrics.segmentation import label_components
 #: Volume (mm³) of a 3 mm sphere: LUNA16 ignores findings under 3 mm (``reference/luna16.md``),
 #: so smaller components are dropped by default (a project choice).
 MIN_NODULE_VOLUME_MM3: float = 4.0 / 3.0 * math.pi * 1.5**3
-
-WindowSelector = Callable[[tuple[slice, slice, slice]], bool]
 
 
 def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> LungVLMModule:
@@ -98,7 +89,8 @@ def grid_affine(
 ) -> NDArray[np.float64]:
     """4x4 affine (z, y, x, 1) index -> LPS (x, y, z, 1) mm of an identity-direction grid."""
     affine = np.eye(4)
-    affine[:3, :3] = np.diag(np.asarray(spacing_mm, dtype=np.float64))[:, ::-1].T[:, ::-1][::-1]
+    # Index axis z (column 0) moves along world z (row 2), x (column 2) along world x (row 0).
+    affine[:3, :3] = np.diag(np.asarray(spacing_mm, dtype=np.float64)[::-1])[:, ::-1]
     affine[:3, 3] = np.asarray(origin_lps_mm, dtype=np.float64)
     return affine
 
@@ -189,7 +181,9 @@ def prepare_scan(
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise ValueError(f"affine must be a finite 4x4 matrix; got shape {affine.shape}")
-    shape = tuple(max(1, round(n * s / t)) for n, s, t in zip(image.shape, spacing, target))
+    shape = tuple(
+        max(1, round(n * s / t)) for n, s, t in zip(image.shape, spacing, target, strict=True)
+    )
     zoom = tuple(s / t for s, t in zip(spacing, target, strict=True))
     resampled = _resample(image.astype(np.float32), shape, 1.0 / np.asarray(zoom), order=1)
     normalized = normalize_hu(resampled, float(norm["hu_min"]), float(norm["hu_max"]))
@@ -202,3 +196,170 @@ def prepare_scan(
         affine=affine,
         normalization={k: float(norm[k]) for k in ("hu_min", "hu_max")},
     )
+
+
+@dataclass(frozen=True)
+class DetectedNodule:
+    """One segmented nodule of a scan, measured at the prepared spacing.
+
+    Attributes:
+        label: its value in :attr:`ScanSegmentation.labels` (1 = highest score).
+        score: maximum probability inside the component.
+        num_voxels: component size in prepared voxels.
+        centroid_vox: mean prepared-grid index (z, y, x).
+        centroid_original_vox: the same point as an original-grid index (z, y, x).
+        centroid_world_mm: the same point in LPS world (x, y, z) mm.
+        volume_mm3: voxel count x prepared voxel volume (mm³).
+        mean_diameter_mm: Lung-RADS mean of long and short axis (mm), see
+            :func:`lungvlm.clinical.measure.measure_nodule`.
+        long_axis_mm: long axis on the axial slice of greatest area (mm).
+        short_axis_mm: perpendicular short axis on that slice (mm).
+    """
+
+    label: int
+    score: float
+    num_voxels: int
+    centroid_vox: tuple[float, float, float]
+    centroid_original_vox: tuple[float, float, float]
+    centroid_world_mm: tuple[float, float, float]
+    volume_mm3: float
+    mean_diameter_mm: float
+    long_axis_mm: float
+    short_axis_mm: float
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable fields."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class ScanSegmentation:
+    """Result of whole-scan segmentation on the prepared grid.
+
+    Attributes:
+        probability: nodule probability (z, y, x) float32 at the prepared spacing.
+        labels: int32 instance map (0 = background), same grid, numbered like ``instances``.
+        instances: detected nodules by decreasing score.
+        prepared: the prepared scan (grids and world mapping).
+        windows_total: full-resolution windows covering the scan.
+        windows_processed: full-resolution windows the model actually ran on.
+        timings_s: seconds per step ("lung_mask", "sliding_window", "components", ...).
+        details: extra numbers of the method (e.g. the cascade's triage pass).
+    """
+
+    probability: NDArray[np.float32]
+    labels: NDArray[np.int32]
+    instances: list[DetectedNodule]
+    prepared: PreparedScan
+    windows_total: int
+    windows_processed: int
+    timings_s: dict[str, float] = field(default_factory=dict)
+    details: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def window_fraction(self) -> float:
+        """Fraction of the full-resolution windows that were processed."""
+        return self.windows_processed / max(1, self.windows_total)
+
+
+def prepared_lung_mask(
+    prepared: PreparedScan, lung_mask: ArrayLike, margin_mm: float
+) -> NDArray[np.bool_]:
+    """A lung mask on the original or prepared grid -> dilated boolean mask on the prepared grid."""
+    mask = np.asarray(lung_mask)
+    if mask.shape == prepared.image.shape:
+        mask = mask.astype(bool)
+    elif mask.shape == prepared.original_shape:
+        mask = prepared.to_prepared_grid(mask.astype(np.uint8), order=0).astype(bool)
+    else:
+        raise ValueError(
+            f"lung_mask has shape {mask.shape}; expected the original {prepared.original_shape} "
+            f"or the prepared {prepared.image.shape} grid"
+        )
+    return dilate_mm(mask, margin_mm, prepared.spacing_mm)
+
+
+def extract_instances(
+    probability: NDArray[np.float32],
+    prepared: PreparedScan,
+    threshold: float = 0.5,
+    min_volume_mm3: float = MIN_NODULE_VOLUME_MM3,
+) -> tuple[NDArray[np.int32], list[DetectedNodule]]:
+    """Connected components (26-connected) of ``probability >= threshold``, measured.
+
+    Components smaller than ``min_volume_mm3`` are dropped; each kept one is measured with
+    :func:`lungvlm.clinical.measure.measure_nodule` at the prepared spacing.
+    """
+    voxel_mm3 = float(np.prod(prepared.spacing_mm))
+    min_voxels = max(1, math.ceil(min_volume_mm3 / voxel_mm3 - 1e-9))
+    labels, components = label_components(probability, threshold, min_voxels, score="max")
+    instances = []
+    for comp in components:
+        size = measure_nodule(labels[comp.bbox] == comp.label, prepared.spacing_mm)
+        original = prepared.to_original_index(comp.centroid_vox)
+        instances.append(
+            DetectedNodule(
+                label=comp.label,
+                score=comp.score,
+                num_voxels=comp.num_voxels,
+                centroid_vox=comp.centroid_vox,
+                centroid_original_vox=tuple(float(v) for v in original),
+                centroid_world_mm=tuple(float(v) for v in prepared.to_world(original)),
+                volume_mm3=size.volume_mm3,
+                mean_diameter_mm=size.mean_diameter_mm,
+                long_axis_mm=size.long_axis_mm,
+                short_axis_mm=size.short_axis_mm,
+            )
+        )
+    return labels, instances
+
+
+def segment_scan(
+    model: nn.Module,
+    prepared: PreparedScan,
+    roi_size_vox: int | Sequence[int] = 32,
+    overlap: float = 0.25,
+    sw_batch_size: int = 4,
+    lung_mask: ArrayLike | None = None,
+    context_scale: float = 2.0,
+    threshold: float = 0.5,
+    min_volume_mm3: float = MIN_NODULE_VOLUME_MM3,
+    lung_margin_mm: float = 5.0,
+    region: NDArray[np.bool_] | None = None,
+    progress: bool = False,
+) -> ScanSegmentation:
+    """Segment a prepared scan by sliding windows and list its nodules.
+
+    Args:
+        model: a segmentation model (e.g. from :func:`load_model`), already on its device.
+        prepared: output of :func:`prepare_scan`.
+        roi_size_vox: window size (voxels); use the training crop size.
+        overlap: overlap fraction of neighbouring windows.
+        sw_batch_size: windows per forward pass.
+        lung_mask: boolean lung mask on the original or prepared grid. When given it is dilated
+            by ``lung_margin_mm`` (so juxtapleural nodules stay in), windows outside it are
+            skipped and probabilities outside it are set to 0.
+        context_scale: context crop field of view / window field of view (training's value).
+        threshold: probability threshold of the instances.
+        min_volume_mm3: smaller components are dropped (default: a 3 mm sphere).
+        lung_margin_mm: dilation of the lung mask (mm).
+        region: optional boolean prepared-grid mask; only windows touching it run (the cascade).
+        progress: show a progress bar over window batches.
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    mask = None if lung_mask is None else prepared_lung_mask(prepared, lung_mask, lung_margin_mm)
+    timings["lung_mask"] = time.perf_counter() - start
+    run_region = region if mask is None else (mask if region is None else mask & region)
+    select = None if run_region is None else window_selector(run_region)
+    start = time.perf_counter()
+    prob, n_total, n_run = sliding_window_probability(
+        model, prepared.image, roi_size_vox, overlap, sw_batch_size, context_scale, select, progress
+    )
+    if mask is not None:
+        prob[~mask] = 0.0
+    timings["sliding_window"] = time.perf_counter() - start
+    start = time.perf_counter()
+    labels, instances = extract_instances(prob, prepared, threshold, min_volume_mm3)
+    timings["components"] = time.perf_counter() - start
+    return ScanSegmentation(prob, labels, instances, prepared, n_total, n_run, timings)

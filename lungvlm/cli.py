@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -54,6 +55,18 @@ def run_lightning(argv: Sequence[str]) -> None:
     LungVLMCLI(args=list(argv))
 
 
+def configure_logging(level: int = logging.INFO) -> None:
+    """Send LungVLM's own log records (``lungvlm.*``, ``data_modules.*``) to stderr."""
+    for name in ("lungvlm", "data_modules"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lungvlm`` console script.
 
@@ -64,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The process exit code (0 on success).
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    configure_logging()
     if args and args[0] in LIGHTNING_COMMANDS:
         run_lightning(args)
         return 0

@@ -26,6 +26,7 @@ from data_modules.batch import collate_samples
 from lungvlm.cli import main
 from lungvlm.lightning.cli import LungVLMCLI
 from lungvlm.sweep import cli as sweep_cli
+from lungvlm.sweep.report import merged_config_yaml
 from lungvlm.sweep.runner import cli_args, default_storage, format_value, open_study, run_sweep
 from lungvlm.sweep.space import ParamSpec, SweepConfig
 from tests.conftest import sphere_sample
@@ -118,6 +119,24 @@ def test_suggest_reads_the_space_and_cli_args_layer_in_order():
     assert args[-3:] == ["--a.lr=0.25", "--run_dir", "/tmp/run"]
     assert "--model.init_from=null" in args and f"--data.class_path={SPHERES}" in args
     assert format_value(True) == "true" and format_value("[8, 16]") == "[8, 16]"
+
+
+@pytest.mark.parametrize("sweep_file", sorted((REPO / "experiments" / "sweeps").glob("*.yaml")))
+def test_every_sweep_file_layers_into_a_config_that_parses(sweep_file, monkeypatch):
+    monkeypatch.chdir(REPO)  # base_configs are relative to the repository root
+    config = SweepConfig.from_yaml(sweep_file)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    params = config.suggest(trial)
+    merged = yaml.safe_load(merged_config_yaml(config, params, "runs/check"))
+    for key, value in {**config.overrides, **params}.items():
+        node = merged
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key
+    if "model.loss_weights.contrastive" in params:  # dotted keys merge into the dict
+        stage3 = yaml.safe_load((REPO / "experiments" / "stage3.yaml").read_text())
+        assert set(merged["model"]["loss_weights"]) == set(stage3["model"]["loss_weights"])
+        assert merged["model"]["loss_weights"]["report"] == 1.0
 
 
 def test_int_and_categorical_specs_draw_within_their_range():

@@ -84,7 +84,7 @@ def _probabilities(name: str, value: object, keys: tuple[str, ...], sums_to_one:
         _choice(f"{name} key", key, keys)
         out[key] = _real(f"{name}[{key!r}]", prob, 0.0, 1.0)
     if sums_to_one and out and abs(sum(out.values()) - 1.0) > PROBABILITY_SUM_TOLERANCE:
-        raise ValueError(f"{name} sums to {sum(out.values())!r}; expected 1")
+        raise ValueError(f"{name} sums to {sum(out.values()):.6g}; expected 1")
     return out
 
 

@@ -307,6 +307,12 @@ class LungVLMModule(L.LightningModule):
                     sync_dist=split != "train",
                 )
 
+    def on_train_epoch_start(self) -> None:
+        """Re-seed the data's training augmentation for this epoch (if the data supports it)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "set_epoch"):
+            datamodule.set_epoch(self.current_epoch)
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
         losses, outputs = self.shared_step(batch)
         self._log_losses("train", losses, outputs, batch.batch_size)

@@ -108,7 +108,12 @@ def _mutate(data: dict, dotted: str, value) -> dict:
     ("dotted", "value", "error", "pattern"),
     [
         ("nodules.1.volume_mm3", -3.0, ValueError, r"nodules\[1\]\.volume_mm3=-3\.0 must lie in"),
-        ("nodules.0.long_axis_mm", "7", TypeError, r"nodules\[0\]\.long_axis_mm='7' must be a real"),
+        (
+            "nodules.0.long_axis_mm",
+            "7",
+            TypeError,
+            r"nodules\[0\]\.long_axis_mm='7' must be a real",
+        ),
         ("nodules.0.short_axis_mm", 9.0, ValueError, r"nodules\[0\]\.short_axis_mm=9\.0 must not"),
         ("nodules.0.attenuation", "mixed", ValueError, r"nodules\[0\]\.attenuation='mixed' is not"),
         ("nodules.0.lungrads_probabilities", {"3": 0.2, "4A": 0.7}, ValueError, r"sums to 0\.9"),

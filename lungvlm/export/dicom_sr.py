@@ -111,9 +111,7 @@ def _nodule_group(
     ]
     evaluations = [
         hd.sr.QualitativeEvaluation(ATTENUATION, ATTENUATION_VALUES[nodule.attenuation]),
-        hd.sr.QualitativeEvaluation(
-            LUNGRADS_ASSESSMENT, LUNGRADS_VALUES[nodule.lungrads_category]
-        ),
+        hd.sr.QualitativeEvaluation(LUNGRADS_ASSESSMENT, LUNGRADS_VALUES[nodule.lungrads_category]),
     ]
     segment = hd.sr.ReferencedSegment(
         sop_class_uid=SEGMENTATION_STORAGE_UID,

@@ -55,7 +55,9 @@ def _nodule_rows(n: NoduleReport) -> list[str]:
         _row("Malignancy (model estimate)", format_percent(n.malignancy_probability)),
     ]
     if n.growth_probability_12m is not None:
-        rows.append(_row("12-month growth (model estimate)", format_percent(n.growth_probability_12m)))
+        rows.append(
+            _row("12-month growth (model estimate)", format_percent(n.growth_probability_12m))
+        )
     if n.comparison is not None:
         rows.append(_row("Change since prior", n.comparison.status))
     x, y, z = n.centroid_world_lps_mm
@@ -83,7 +85,7 @@ def _nodule_block(n: NoduleReport, image_href: str | None) -> str:
     return (
         f'<section class="nodule" id="nodule-{n.index}"><div class="text">'
         f"<h3>Nodule {n.index}</h3><table>{''.join(_nodule_rows(n))}</table>"
-        f"{_sentences(n)}</div><div class=\"image\">{image}</div></section>"
+        f'{_sentences(n)}</div><div class="image">{image}</div></section>'
     )
 
 
@@ -144,7 +146,7 @@ def write_case_html(
         parts.append(f'<h2>Narrative</h2><pre class="narrative">{_e(report.narrative)}</pre>')
     m = report.model
     parts.append(
-        f"<p class=\"conf\">LungVLM {_e(m.lungvlm_version)}, stage {_e(m.stage)}, checkpoint "
+        f'<p class="conf">LungVLM {_e(m.lungvlm_version)}, stage {_e(m.stage)}, checkpoint '
         f"{_e(m.checkpoint_path or 'none')}; schema {_e(report.schema_version)}</p></body></html>"
     )
     return write_text_atomic(path, "\n".join(parts) + "\n")

@@ -44,7 +44,7 @@ def _checked_inputs(image_hu, spacing_mm, mask, centroid_zyx, heatmap):
         raise ValueError(f"centroid_zyx must be 3 finite (z, y, x) indices, got {centroid_zyx}")
     index = np.rint(centre).astype(int)
     if np.any(index < 0) or np.any(index >= np.asarray(image.shape)):
-        raise ValueError(f"centroid_zyx={tuple(centre)} lies outside the volume {image.shape}")
+        raise ValueError(f"centroid_zyx={centre.tolist()} lies outside the volume {image.shape}")
     heat = None
     if heatmap is not None:
         heat = np.asarray(heatmap, dtype=np.float32)

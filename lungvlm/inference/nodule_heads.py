@@ -1,0 +1,275 @@
+"""Nodule level: crops around one nodule through the encoder, risk, concept and report heads.
+
+For each detected nodule (a centre on the prepared grid, see :mod:`lungvlm.inference.scan`):
+
+1. Crops, as training built them (``data_modules/sampling.py``): the fine crop is
+   ``crop_size_vox`` voxels of the prepared (training-spacing) grid whose centre voxel is the
+   one nearest the nodule centre (index ``size // 2`` of the crop); the context crop samples the
+   same grid at ``round(centre) + (i - size // 2) * context_scale`` (linear interpolation) so it
+   covers ``context_scale`` times the field of view on the same grid size. Voxels outside the
+   scan take the normalised value of air (-1000 HU).
+2. Encoder -> visual tokens -> greedy report generation with a KV cache
+   (:func:`lungvlm.models.generation.greedy_generate`), keeping per-token entropies and
+   cross-attentions.
+3. Risk: the risk head reads the pooled visual features concatenated with the embedding of the
+   **generated** findings (training's "risk_generated" variant; at inference there is no
+   reference text). Malignancy probability ``sigmoid(logit / temperature)`` (temperature from
+   calibration, 1 when uncalibrated), Lung-RADS class probabilities and P(growth by 12 months).
+4. Concepts: the concept head's [0, 1] ratings.
+5. Sentences: split and scored by :func:`lungvlm.models.generation.sentence_confidence`; each
+   sentence's heatmap averages the (layer- and head-averaged) cross-attention of its tokens and
+   back-projects it onto the fine crop with :func:`lungvlm.models.grounding.token_heatmaps`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike, NDArray
+from scipy import ndimage
+
+from lungvlm.clinical.hu import normalize_hu
+from lungvlm.labels import CONCEPT_NAMES, GROWTH_BINS_MONTHS, LUNGRADS_CATEGORIES
+from lungvlm.losses.survival import probability_event_by
+from lungvlm.models.generation import (
+    generated_token_offsets,
+    greedy_generate,
+    sentence_confidence,
+)
+from lungvlm.models.grounding import average_attention, token_heatmaps
+from lungvlm.text.tokenizer import encode_reports
+
+#: Air (HU): the value of crop voxels outside the scan, as in training.
+AIR_HU: float = -1000.0
+#: Same sentence split as :func:`lungvlm.models.generation.sentence_confidence`.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+@dataclass
+class GeneratedSentence:
+    """One generated sentence with its confidence and heatmap on the fine-crop grid."""
+
+    text: str
+    confidence: float
+    heatmap: NDArray[np.float32]
+
+
+@dataclass
+class NoduleHeadOutput:
+    """What the heads say about one nodule.
+
+    Attributes:
+        malignancy_logit: raw malignancy logit (before temperature scaling).
+        malignancy_probability: ``sigmoid(logit / temperature)``.
+        lungrads_probabilities: model probability of each Lung-RADS category.
+        growth_probability_12m: P(growth by 12 months) from the growth hazards.
+        concepts: concept-head rating in [0, 1] per concept name.
+        text: the generated findings.
+        sentences: its sentences with confidences and heatmaps.
+        crop_start_vox: prepared-grid index (z, y, x) of the fine crop's voxel (0, 0, 0).
+        timings_s: seconds of "heads" (encoder + risk + concepts) and "generation".
+    """
+
+    malignancy_logit: float
+    malignancy_probability: float
+    lungrads_probabilities: dict[str, float]
+    growth_probability_12m: float
+    concepts: dict[str, float]
+    text: str
+    sentences: list[GeneratedSentence]
+    crop_start_vox: tuple[int, int, int]
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def lungrads_prediction(self) -> str:
+        """The most probable Lung-RADS category of the model."""
+        return max(self.lungrads_probabilities, key=self.lungrads_probabilities.get)
+
+    def nodule_heatmap(self) -> NDArray[np.float32]:
+        """Mean of the sentence heatmaps (fine-crop grid); zeros when nothing was generated."""
+        if not self.sentences:
+            return np.zeros((1, 1, 1), np.float32)
+        return np.mean([s.heatmap for s in self.sentences], axis=0).astype(np.float32)
+
+
+def sample_crop(
+    volume: NDArray[np.float32],
+    centre_zyx: Sequence[float],
+    size_vox: int,
+    scale: float,
+    pad_value: float,
+) -> NDArray[np.float32]:
+    """Sample ``volume`` at ``round(centre) + (i - size // 2) * scale`` (linear, ``pad_value``
+    outside): the fine crop for ``scale=1``, the context crop for ``scale=context_scale``."""
+    centre = np.rint(np.asarray(centre_zyx, dtype=np.float64))
+    axes = [centre[d] + (np.arange(size_vox) - size_vox // 2) * scale for d in range(3)]
+    coords = np.meshgrid(*axes, indexing="ij")
+    return ndimage.map_coordinates(
+        volume, coords, order=1, mode="constant", cval=pad_value
+    ).astype(np.float32)
+
+
+def crop_start(centre_zyx: Sequence[float], size_vox: int) -> tuple[int, int, int]:
+    """Prepared-grid index of voxel (0, 0, 0) of the fine crop around ``centre_zyx``."""
+    start = np.rint(np.asarray(centre_zyx, dtype=np.float64)).astype(int) - size_vox // 2
+    return tuple(int(v) for v in start)  # type: ignore[return-value]
+
+
+def sentence_token_groups(
+    text: str, offsets: Sequence[tuple[int, int]]
+) -> list[tuple[str, list[int]]]:
+    """Sentences of ``text`` and the indices of their tokens, with the sentence split and token
+    assignment of :func:`~lungvlm.models.generation.sentence_confidence` (a token belongs to
+    the sentence holding its first non-space character; empty tokens belong to none)."""
+    bounds, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        bounds.append((start, match.start()))
+        start = match.end()
+    bounds.append((start, len(text)))
+    bounds = [(s, e) for s, e in bounds if text[s:e].strip()]
+    groups: list[list[int]] = [[] for _ in bounds]
+    for t, (tok_start, tok_end) in enumerate(offsets):
+        piece = text[tok_start:tok_end]
+        first = tok_start + len(piece) - len(piece.lstrip())
+        if tok_end <= tok_start or first >= tok_end:
+            continue
+        for i, (s, e) in enumerate(bounds):
+            if s <= first < e:
+                groups[i].append(t)
+                break
+    return [(text[s:e].strip(), g) for (s, e), g in zip(bounds, groups, strict=True)]
+
+
+@torch.no_grad()
+def run_nodule_heads(
+    model,
+    prepared_image: NDArray[np.float32],
+    centre_vox: Sequence[float],
+    crop_size_vox: int,
+    context_scale: float,
+    normalization: dict[str, float],
+    temperature: float = 1.0,
+    max_new_tokens: int | None = None,
+) -> NoduleHeadOutput:
+    """Run the stage-3 heads on the crops around one nodule (module docstring).
+
+    Args:
+        model: a stage-3 :class:`~lungvlm.lightning.module.LungVLMModule` in eval mode.
+        prepared_image: normalised scan (z, y, x) on the training grid.
+        centre_vox: nodule centre on that grid (z, y, x), voxels.
+        crop_size_vox: training crop edge (voxels).
+        context_scale: training context field-of-view factor.
+        normalization: the checkpoint's ``hu_min``/``hu_max`` (for the air padding value).
+        temperature: malignancy temperature (calibration); must be > 0.
+        max_new_tokens: longest generated report; default the model's validation setting.
+
+    Raises:
+        ValueError: a model without stage-3 heads or tokenizer, or a temperature <= 0.
+    """
+    heads = getattr(model, "vl_heads", None)
+    tokenizer = getattr(getattr(model, "vl", None), "tokenizer", None)
+    if heads is None or tokenizer is None:
+        raise ValueError("the model has no vision-language heads or tokenizer (needs stage 3)")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature!r} must be > 0")
+    limit = heads.decoder.max_length - 1
+    max_new = min(limit, max_new_tokens or model.vl_config.generation_max_new_tokens)
+    device = next(model.parameters()).device
+    start_t = time.perf_counter()
+    pad = float(normalize_hu(np.float32(AIR_HU), normalization["hu_min"], normalization["hu_max"]))
+    fine = sample_crop(prepared_image, centre_vox, crop_size_vox, 1.0, pad)
+    context = sample_crop(prepared_image, centre_vox, crop_size_vox, context_scale, pad)
+    image_t = torch.from_numpy(fine)[None, None].to(device)  # (1, 1, D, H, W)
+    context_t = torch.from_numpy(context)[None, None].to(device)
+    use_context = getattr(model.encoder, "use_context", False)
+    features = model.encoder(image_t, context_t if use_context else None)
+    tokens, geometry = heads.visual_tokens(features)
+    heads_s = time.perf_counter() - start_t
+
+    start_t = time.perf_counter()
+    gen = greedy_generate(heads.decoder, tokens, max_new, tokenizer=tokenizer)
+    length = int(gen.token_mask[0].sum())
+    ids = gen.token_ids[0, :length].tolist()
+    text, offsets = generated_token_offsets(tokenizer, ids)
+    scored = sentence_confidence(text, offsets, gen.token_entropies[0, :length])
+    groups = sentence_token_groups(text, offsets)
+    attention = average_attention(gen.cross_attentions, "mean", "mean")[:, :length]  # (1, L, N)
+    sentences = []
+    for (sentence, confidence), (_, token_idx) in zip(scored, groups, strict=True):
+        if token_idx:
+            pooled = attention[:, token_idx].mean(dim=1, keepdim=True)  # (1, 1, N)
+            heat = token_heatmaps(pooled, geometry, fine.shape)[0, 0].cpu().numpy()
+        else:
+            heat = np.zeros(fine.shape, np.float32)
+        sentences.append(GeneratedSentence(sentence, float(confidence), heat.astype(np.float32)))
+    generation_s = time.perf_counter() - start_t
+
+    start_t = time.perf_counter()
+    text_ids, text_mask = encode_reports(tokenizer, [text], heads.max_length)
+    text_emb = heads.decoder.report_embedding(text_ids.to(device), text_mask.to(device))
+    pooled_visual = heads.pooled_visual(features)
+    risk = heads.risk_head(pooled_visual, text_emb)
+    concepts = heads.concept_head(pooled_visual).concept_probabilities()[0].float().cpu()
+    logit = float(risk.malignancy_logit.float()[0])
+    lungrads = risk.lungrads_probabilities().float()[0].cpu().double()
+    lungrads = (lungrads / lungrads.sum()).tolist()
+    growth = probability_event_by(risk.growth_hazard_logits.float(), 12.0, GROWTH_BINS_MONTHS)
+    heads_s += time.perf_counter() - start_t
+    return NoduleHeadOutput(
+        malignancy_logit=logit,
+        malignancy_probability=float(torch.sigmoid(torch.tensor(logit / temperature))),
+        lungrads_probabilities=dict(zip(LUNGRADS_CATEGORIES, lungrads, strict=True)),
+        growth_probability_12m=float(growth[0].clamp(0.0, 1.0)),
+        concepts=dict(zip(CONCEPT_NAMES, (float(v) for v in concepts), strict=True)),
+        text=text,
+        sentences=sentences,
+        crop_start_vox=crop_start(centre_vox, crop_size_vox),
+        timings_s={"heads": heads_s, "generation": generation_s},
+    )
+
+
+def heatmap_on_original_box(
+    heatmap_crop: NDArray[np.float32],
+    crop_start_vox: Sequence[int],
+    zoom: Sequence[float],
+    box: Sequence[slice],
+) -> NDArray[np.float32]:
+    """Resample a fine-crop heatmap onto a box of the original scan grid.
+
+    Original index ``o`` lies at prepared index ``o * zoom`` (see
+    :class:`~lungvlm.inference.scan.PreparedScan`), i.e. at crop index
+    ``o * zoom - crop_start``; the map is sampled there linearly (0 outside the crop).
+
+    Args:
+        heatmap_crop: (D, H, W) heatmap on the fine crop.
+        crop_start_vox: prepared-grid index of the crop's voxel (0, 0, 0).
+        zoom: prepared / original voxel ratio per axis.
+        box: three slices of the original grid (with explicit start and stop).
+
+    Returns:
+        The heatmap on the box, (box z, box y, box x) float32.
+    """
+    axes = [
+        np.arange(s.start, s.stop) * float(z) - float(c)
+        for s, z, c in zip(box, zoom, crop_start_vox, strict=True)
+    ]
+    coords = np.meshgrid(*axes, indexing="ij")
+    return ndimage.map_coordinates(
+        np.asarray(heatmap_crop, np.float32), coords, order=1, mode="constant", cval=0.0
+    ).astype(np.float32)
+
+
+def box_around(
+    centre_zyx: ArrayLike, shape: Sequence[int], spacing_mm: Sequence[float], fov_mm: float
+) -> tuple[slice, slice, slice]:
+    """Slices of a ``fov_mm`` cube (clipped to ``shape``) centred on the voxel ``centre_zyx``."""
+    centre = np.rint(np.asarray(centre_zyx, dtype=np.float64)).astype(int)
+    half = np.ceil(fov_mm / 2.0 / np.asarray(spacing_mm, dtype=np.float64)).astype(int)
+    lo = np.clip(centre - half, 0, np.asarray(shape) - 1)
+    hi = np.clip(centre + half + 1, lo + 1, np.asarray(shape))
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))  # type: ignore[return-value]

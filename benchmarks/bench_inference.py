@@ -6,7 +6,8 @@ sliding windows with per-window context crops), ``components`` (connected compon
 measurements) and, for the cascade, ``triage`` (the low-resolution pass). The model is
 randomly initialised (``base`` or ``tiny`` encoder + segmentation head): its probabilities are
 meaningless, so the cascade's window fraction here says nothing about a trained model's (a
-random model's triage probability sits near 0.5, above the triage threshold nearly everywhere).
+random model scatters triage candidates through the lungs, so the full pass still runs on
+nearly every lung window and the cascade only adds the triage pass's cost).
 
 Usage: ``python -m benchmarks.bench_inference --encoder base [--target-spacing 1.0]``.
 """

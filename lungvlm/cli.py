@@ -55,12 +55,24 @@ def run_lightning(argv: Sequence[str]) -> None:
     LungVLMCLI(args=list(argv))
 
 
+class _LiveStderrHandler(logging.StreamHandler):
+    """A stream handler that always writes to the current ``sys.stderr`` (tests swap it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # the base class assigns it in __init__
+        pass
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """Send LungVLM's own log records (``lungvlm.*``, ``data_modules.*``) to stderr."""
     for name in ("lungvlm", "data_modules"):
         logger = logging.getLogger(name)
         if not logger.handlers:
-            handler = logging.StreamHandler()
+            handler = _LiveStderrHandler()
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
             logger.addHandler(handler)
         logger.setLevel(level)

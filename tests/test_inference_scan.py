@@ -147,14 +147,18 @@ def _cli_style_checkpoint(tmp_path, stage: str) -> tuple:
         module = LungVLMModule(
             encoder=encoder, stage=stage, recon_head=ReconstructionHead(encoder.feature_info)
         )
-        head = {"recon_head": {"class_path": "lungvlm.models.heads.reconstruction.ReconstructionHead"}}
+        head = {
+            "recon_head": {"class_path": "lungvlm.models.heads.reconstruction.ReconstructionHead"}
+        }
     else:
         module = LungVLMModule(encoder=encoder, seg_head=SegmentationHead(encoder.feature_info))
         head = {"seg_head": {"class_path": "lungvlm.models.heads.segmentation.SegmentationHead"}}
     hparams = {
         "encoder": {
             "class_path": "lungvlm.models.encoder.MultiScaleEncoder3D",
-            "init_args": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_ENCODER.items()},
+            "init_args": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in TINY_ENCODER.items()
+            },
         },
         "stage": stage,
         **head,

@@ -242,8 +242,10 @@ def test_sweep_prunes_resumes_and_writes_a_best_config_that_fits(tmp_path, capsy
     assert parsed.model.encoder.fpn_channels == fpn
     assert parsed.trainer.max_epochs == 2
 
-    # `lungvlm fit --config OUT/best.yaml` accepts it unchanged.
-    assert main(["fit", "--config", str(best_yaml), "--trainer.fast_dev_run=true"]) == 0
+    # `lungvlm fit --config OUT/best.yaml` accepts it unchanged. (Outside capsys: `main` adds
+    # a logging handler bound to the current stderr, which capsys closes after this test.)
+    with capsys.disabled():
+        assert main(["fit", "--config", str(best_yaml), "--trainer.fast_dev_run=true"]) == 0
 
 
 @pytest.mark.slow

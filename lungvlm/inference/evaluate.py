@@ -138,7 +138,11 @@ class EvaluationResult:
                 "fps_per_scan": self.froc.fps_per_scan.tolist(),
                 "sensitivity": self.froc.sensitivity.tolist(),
             }
-        return {"summary": summary, "settings": self.settings, "scans": [s.to_dict() for s in self.scans]}
+        return {
+            "summary": summary,
+            "settings": self.settings,
+            "scans": [s.to_dict() for s in self.scans],
+        }
 
 
 def reference_nodules(

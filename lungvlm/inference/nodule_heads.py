@@ -109,9 +109,9 @@ def sample_crop(
     centre = np.rint(np.asarray(centre_zyx, dtype=np.float64))
     axes = [centre[d] + (np.arange(size_vox) - size_vox // 2) * scale for d in range(3)]
     coords = np.meshgrid(*axes, indexing="ij")
-    return ndimage.map_coordinates(
-        volume, coords, order=1, mode="constant", cval=pad_value
-    ).astype(np.float32)
+    return ndimage.map_coordinates(volume, coords, order=1, mode="constant", cval=pad_value).astype(
+        np.float32
+    )
 
 
 def crop_start(centre_zyx: Sequence[float], size_vox: int) -> tuple[int, int, int]:

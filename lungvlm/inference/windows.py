@@ -4,7 +4,11 @@ The model sees ``roi_size_vox`` windows (the training crop size) through MONAI
 ``sliding_window_inference``. When the encoder has a context branch, each window also gets the
 context crop training used: the same grid size covering ``context_scale`` times the field of
 view around the window centre (voxel ``size // 2`` of the window), sampled linearly from the
-normalised scan; outside the scan it is 0 (``hu_min``). Windows may be skipped (outside the
+normalised scan; outside the scan it is 0 (``hu_min``). This is the same sampling as
+``data_modules.sampling.context_crop`` (tested equal), which the cached real-data crops use;
+phantom crops render their context directly at the coarser spacing, which linear sampling
+approximates without its partial-volume smoothing. ``context_scale=0`` omits it (the encoder then skips the fusion, which equals an
+untrained, zero-initialised branch). Windows may be skipped (outside the
 dilated lung mask, or outside the cascade's candidate region); the predictor then returns a
 zero weight so skipped windows do not dilute the average of the processed ones.
 """

@@ -5,9 +5,28 @@
   (:func:`run_sweep`).
 - :mod:`lungvlm.sweep.report`: ``best.yaml``, ``trials.csv`` and plots.
 - :mod:`lungvlm.sweep.cli`: the ``sweep`` subcommand.
+
+The names below are imported on first use, so that ``lungvlm --help`` (which imports
+:mod:`lungvlm.sweep.cli`) does not load Lightning and Optuna.
 """
 
-from lungvlm.sweep.runner import cli_args, default_storage, open_study, run_sweep
-from lungvlm.sweep.space import ParamSpec, SweepConfig
+from __future__ import annotations
 
-__all__ = ["ParamSpec", "SweepConfig", "cli_args", "default_storage", "open_study", "run_sweep"]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "ParamSpec": "lungvlm.sweep.space",
+    "SweepConfig": "lungvlm.sweep.space",
+    "cli_args": "lungvlm.sweep.runner",
+    "default_storage": "lungvlm.sweep.runner",
+    "open_study": "lungvlm.sweep.runner",
+    "run_sweep": "lungvlm.sweep.runner",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lungvlm.sweep' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -11,9 +11,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lungvlm.sweep.runner import run_sweep
-from lungvlm.sweep.space import SweepConfig
-
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``sweep`` subcommand to a ``lungvlm`` sub-parser set."""
@@ -57,7 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(namespace: argparse.Namespace) -> int:
     """Run the ``sweep`` subcommand; prints the trial counts and the files written."""
+    # Imported here so that `lungvlm --help` stays fast (Lightning, Optuna load on use).
     from lungvlm.sweep.report import write_report
+    from lungvlm.sweep.runner import run_sweep
+    from lungvlm.sweep.space import SweepConfig
 
     config = SweepConfig.from_yaml(namespace.config)
     name = namespace.study or namespace.config.stem

@@ -241,7 +241,7 @@ def run_sweep(
             gc_after_trial=True,
         )
     if write_outputs:
-        from lungvlm.sweep.report import write_report
+        from lungvlm.sweep.report import write_report  # report imports this module
 
         write_report(study, config, out_dir)
     return study

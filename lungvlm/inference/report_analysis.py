@@ -1,0 +1,289 @@
+"""Analysis behind ``lungvlm report``: scan -> nodules -> head outputs, ranking and review rules.
+
+Steps (timed in ``ExamReport.timings_s``): the scan is resampled and normalised exactly as in
+training (:func:`lungvlm.inference.scan.prepare_scan` with the checkpoint's normalisation);
+%LAA-950 is measured on the **original HU** inside the lung mask; the scan is segmented (the
+adaptive cascade by default, :mod:`lungvlm.inference.cascade`); every nodule instance goes
+through the stage-3 heads (:mod:`lungvlm.inference.nodule_heads`).
+
+Which source wins (project conventions):
+
+- **Size, volume, centre**: always the segmentation's measurements
+  (:func:`lungvlm.clinical.measure.measure_nodule` on the prepared grid); numbers in the
+  generated text are kept only in the sentences, never in the structured JSON.
+- **Attenuation, margin, calcification, shape, pleural relation, fat, side, lobe**: the generated
+  findings read back with :func:`lungvlm.text.parser.parse_report`. An attenuation the text
+  does not state falls back to the concept head's texture rating (LIDC texture 1-2 non-solid ->
+  ground glass, 3 part-solid, 4-5 solid; ``reference/lidc-idri.md``) and the case is flagged.
+- **Solid component** (part-solid): the stated solid size scaled by measured / stated total
+  size and capped at the measured total; none stated -> the measured total (the conservative
+  upper bound) and the case is flagged.
+- **Lung-RADS category**: :func:`lungvlm.clinical.lungrads.categorize` on the measured size and
+  the attributes above, with status "baseline" or the prior comparison's
+  (:mod:`lungvlm.inference.prior`); benign calcification = central/diffuse/popcorn/laminated;
+  juxtapleural_benign = juxtapleural or perifissural, solid, smooth and oval; suspicious
+  features = spiculated margin. The exam category is
+  :func:`~lungvlm.clinical.lungrads.categorize_exam`. The risk head's Lung-RADS probabilities are
+  reported beside it, not used for the category.
+- **Order**: nodules are ranked by volume-weighted risk, malignancy probability x volume (mm³),
+  highest first; report index 1 is the top-ranked nodule.
+
+Review flag ("needs radiologist review"): any generated nodule sentence whose confidence is
+below the sentence threshold (calibrated, else :data:`DEFAULT_SENTENCE_THRESHOLD`); a nodule
+whose two most probable Lung-RADS categories are within :data:`LUNGRADS_PROBABILITY_MARGIN`; a
+malignancy probability within :data:`MALIGNANCY_RELATIVE_MARGIN` (relative) of a Lung-RADS risk
+band edge (1, 2, 5, 15 %, ``reference/lung-rads.md``); the attribute fallbacks above; or no
+lung found.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lungvlm.clinical.emphysema import emphysema_severity, laa950_percent
+from lungvlm.inference.calibration import read_calibration
+from lungvlm.inference.cascade import segment_scan_cascade
+from lungvlm.inference.nodule_heads import NoduleHeadOutput, run_nodule_heads
+from lungvlm.inference.prior import MeasuredNodule
+from lungvlm.inference.scan import (
+    PreparedScan,
+    ScanSegmentation,
+    load_model,
+    prepare_scan,
+    segment_scan,
+)
+from lungvlm.lightning.checkpointing import CHECKPOINT_KEY, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+#: Sentence confidence below which a sentence is uncertain when the checkpoint is uncalibrated
+#: (project choice: mean token entropy above ln 2 nats).
+DEFAULT_SENTENCE_THRESHOLD = 0.5
+LUNGRADS_PROBABILITY_MARGIN = 0.1
+MALIGNANCY_BAND_EDGES: tuple[float, ...] = (0.01, 0.02, 0.05, 0.15)
+MALIGNANCY_RELATIVE_MARGIN = 0.2
+DEFAULT_CROP_SIZE_VOX = 32
+
+
+@dataclass
+class ReportSettings:
+    """Inference settings read from a checkpoint (with defaults when absent).
+
+    Attributes:
+        crop_size_vox: training crop edge (voxels), also the sliding-window size.
+        context_scale: training context field-of-view factor.
+        spacing_mm: training (prepared) isotropic spacing (mm).
+        sentence_threshold: confidence below which a sentence is uncertain.
+        malignancy_temperature: temperature of the malignancy logit.
+        calibrated: whether the two values above come from ``lungvlm calibrate``.
+    """
+
+    crop_size_vox: int = DEFAULT_CROP_SIZE_VOX
+    context_scale: float = 2.0
+    spacing_mm: float = 1.0
+    sentence_threshold: float = DEFAULT_SENTENCE_THRESHOLD
+    malignancy_temperature: float = 1.0
+    calibrated: bool = False
+
+
+@dataclass
+class ReportModel:
+    """A loaded stage-3 model with its checkpoint path and inference settings."""
+
+    model: object
+    checkpoint_path: Path
+    settings: ReportSettings
+
+
+def settings_from_checkpoint(checkpoint: dict) -> ReportSettings:
+    """Crop size / context scale / spacing from the data config saved with the checkpoint
+    (``datamodule_hyper_parameters``, else ``hyper_parameters["data"]``), plus calibration."""
+    data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    if not data:
+        nested = (checkpoint.get("hyper_parameters") or {}).get("data") or {}
+        data = dict(nested.get("init_args", nested)) if isinstance(nested, dict) else {}
+    settings = ReportSettings(
+        crop_size_vox=int(data.get("crop_size_vox", DEFAULT_CROP_SIZE_VOX)),
+        context_scale=float(data.get("context_scale", 2.0)),
+        spacing_mm=float(data.get("spacing_mm", 1.0)),
+    )
+    calibration = read_calibration(checkpoint)
+    if calibration:
+        settings.sentence_threshold = float(calibration["sentence_threshold"])
+        settings.malignancy_temperature = float(calibration["malignancy_temperature"])
+        settings.calibrated = True
+    return settings
+
+
+def load_report_model(ckpt_path: str | Path, map_location: str = "cpu") -> ReportModel:
+    """Load a stage-3 checkpoint for reporting.
+
+    Raises:
+        ValueError: missing, corrupt or non-Lightning file; a checkpoint of another stage
+            (message "needs a stage-3 checkpoint"); a model that cannot be rebuilt.
+    """
+    path = Path(ckpt_path)
+    try:
+        checkpoint = read_checkpoint(path)
+    except FileNotFoundError as err:
+        raise ValueError(f"checkpoint {path} does not exist") from err
+    meta = checkpoint.get(CHECKPOINT_KEY, {})
+    stage = meta.get("stage", (checkpoint.get("hyper_parameters") or {}).get("stage"))
+    has_heads = any(k.startswith("vl_heads.") for k in checkpoint["state_dict"])
+    if stage != "vision_language" or not has_heads or "tokenizer_json" not in meta:
+        raise ValueError(
+            f"checkpoint {path} is a stage {stage!r} checkpoint without vision-language heads or "
+            "tokenizer; lungvlm report needs a stage-3 ('vision_language') checkpoint"
+        )
+    model = load_model(path, map_location=map_location)
+    return ReportModel(model, path, settings_from_checkpoint(checkpoint))
+
+
+def volume_affine(volume) -> NDArray[np.float64]:
+    """4x4 (z, y, x, 1) index -> LPS (x, y, z, 1) mm of a CTVolume-like object."""
+    direction = np.asarray(getattr(volume, "direction", np.eye(3)), dtype=np.float64)
+    affine = np.eye(4)
+    affine[:3, :3] = direction[:, ::-1] * np.asarray(volume.spacing_mm, dtype=np.float64)[None, :]
+    affine[:3, 3] = np.asarray(volume.origin_lps_mm, dtype=np.float64)
+    return affine
+
+
+@dataclass
+class ScanAnalysis:
+    """Everything measured and predicted on one scan, before the report is assembled.
+
+    Attributes:
+        prepared: the resampled, normalised scan.
+        segmentation: whole-scan segmentation (instances on the prepared grid).
+        heads: per instance (same order), the stage-3 head outputs.
+        laa950_percent: %LAA-950 in the lung mask; None when the mask is empty.
+        timings_s: seconds per step.
+    """
+
+    prepared: PreparedScan
+    segmentation: ScanSegmentation
+    heads: list[NoduleHeadOutput]
+    laa950_percent: float | None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def emphysema_grade(self) -> str | None:
+        """Display word of the measured %LAA-950."""
+        return None if self.laa950_percent is None else emphysema_severity(self.laa950_percent)
+
+    def measured_nodules(self) -> list[MeasuredNodule]:
+        """Centres, diameters and volumes of the instances (for prior comparison)."""
+        return [
+            MeasuredNodule(n.centroid_world_mm, n.mean_diameter_mm, n.volume_mm3)
+            for n in self.segmentation.instances
+        ]
+
+
+def segment_volume(
+    rm: ReportModel, volume, lung_mask: NDArray, cascade: bool = True
+) -> tuple[PreparedScan, ScanSegmentation, float]:
+    """Prepare and segment a scan; returns (prepared, segmentation, seconds)."""
+    s = rm.settings
+    start = time.perf_counter()
+    prepared = prepare_scan(
+        volume.array_hu, volume.spacing_mm, s.spacing_mm, rm.model.normalization,
+        affine=volume_affine(volume),
+    )  # fmt: skip
+    segment = segment_scan_cascade if cascade else segment_scan
+    segmentation = segment(
+        rm.model, prepared, roi_size_vox=s.crop_size_vox, lung_mask=lung_mask,
+        context_scale=s.context_scale,
+    )  # fmt: skip
+    return prepared, segmentation, time.perf_counter() - start
+
+
+def analyse_scan(rm: ReportModel, volume, lung_mask: NDArray, cascade: bool = True) -> ScanAnalysis:
+    """Emphysema, segmentation and per-nodule heads of one scan (module docstring).
+
+    Args:
+        rm: the loaded stage-3 model.
+        volume: CTVolume-like (``array_hu``, ``spacing_mm``, ``origin_lps_mm``, ``direction``).
+        lung_mask: boolean lung mask on the scan's grid.
+        cascade: use the adaptive-resolution cascade instead of the full sliding window.
+    """
+    mask = np.asarray(lung_mask).astype(bool)
+    if mask.shape != tuple(volume.array_hu.shape):
+        raise ValueError(f"lung_mask has shape {mask.shape}; expected {volume.array_hu.shape}")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    laa = laa950_percent(volume.array_hu, mask) if mask.any() else None
+    timings["emphysema"] = time.perf_counter() - start
+    prepared, segmentation, seconds = segment_volume(rm, volume, mask, cascade)
+    timings["segmentation"] = seconds
+    heads = []
+    timings["nodule_heads"] = timings["generation"] = 0.0
+    for instance in segmentation.instances:
+        out = run_nodule_heads(
+            rm.model, prepared.image, instance.centroid_vox, rm.settings.crop_size_vox,
+            rm.settings.context_scale, prepared.normalization, rm.settings.malignancy_temperature,
+        )  # fmt: skip
+        heads.append(out)
+        timings["nodule_heads"] += out.timings_s["heads"]
+        timings["generation"] += out.timings_s["generation"]
+    return ScanAnalysis(prepared, segmentation, heads, laa, timings)
+
+
+def rank_nodules(analysis: ScanAnalysis) -> list[int]:
+    """Instance positions ordered by malignancy probability x volume (mm³), highest first."""
+    scores = [
+        h.malignancy_probability * n.volume_mm3
+        for h, n in zip(analysis.heads, analysis.segmentation.instances, strict=True)
+    ]
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+
+
+def ranked_label_map(analysis: ScanAnalysis, order: Sequence[int]) -> NDArray[np.int32]:
+    """Instance label map on the **original** grid, renumbered so nodule k (1-based) is the
+    k-th of ``order``. A nodule that loses every voxel in the resampling keeps the voxel
+    nearest its centre (so every reported nodule has a segment)."""
+    seg, prepared = analysis.segmentation, analysis.prepared
+    original = prepared.to_original_grid(seg.labels, order=0)
+    out = np.zeros(prepared.original_shape, dtype=np.int32)
+    for rank, position in enumerate(order, start=1):
+        instance = seg.instances[position]
+        inside = original == instance.label
+        if not inside.any():
+            index = np.clip(
+                np.rint(instance.centroid_original_vox).astype(int), 0,
+                np.asarray(prepared.original_shape) - 1,
+            )  # fmt: skip
+            inside[tuple(index)] = True
+        out[inside] = rank
+    return out
+
+
+def needs_review_reasons(index: int, head: NoduleHeadOutput, threshold: float) -> list[str]:
+    """Review reasons of one nodule from its sentences and probabilities (module docstring)."""
+    reasons = []
+    low = [s for s in head.sentences if s.confidence < threshold]
+    if low:
+        reasons.append(
+            f"nodule {index}: {len(low)} generated sentence(s) below the confidence threshold "
+            f"{threshold:.2f}"
+        )
+    probs = sorted(head.lungrads_probabilities.values(), reverse=True)
+    if len(probs) > 1 and probs[0] - probs[1] < LUNGRADS_PROBABILITY_MARGIN:
+        reasons.append(
+            f"nodule {index}: the two most probable Lung-RADS categories differ by "
+            f"{probs[0] - probs[1]:.2f} (< {LUNGRADS_PROBABILITY_MARGIN})"
+        )
+    p = head.malignancy_probability
+    near = [e for e in MALIGNANCY_BAND_EDGES if abs(p - e) <= MALIGNANCY_RELATIVE_MARGIN * e]
+    if near:
+        reasons.append(
+            f"nodule {index}: malignancy probability {100 * p:.1f} % is near the "
+            f"{100 * near[0]:g} % risk band edge"
+        )
+    return reasons

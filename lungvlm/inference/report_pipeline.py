@@ -1,0 +1,158 @@
+"""Scan -> nodules -> findings -> report: the whole of ``lungvlm report`` without file reading.
+
+:func:`generate_report` takes a CTVolume-like scan (``array_hu`` (z, y, x) HU, ``spacing_mm``,
+``origin_lps_mm``, ``direction``, ``metadata``) and its lung mask, so this package never reads
+files itself (``lungvlm`` does not import ``data_modules``; the CLI in
+:mod:`lungvlm.inference.report_cli` reads the scan and computes the mask). Steps and
+conventions: :mod:`lungvlm.inference.report_analysis` (analysis, which source wins, review
+rules), :mod:`lungvlm.inference.report_findings` (assembly), :mod:`lungvlm.inference.prior`
+(comparison), :mod:`lungvlm.inference.report_outputs` (files).
+
+A prior from another patient (both PatientIDs known and different) is not compared: a warning
+is returned and logged, and the narrative says why; the report is still written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from numpy.typing import NDArray
+
+from lungvlm.export.schema import ExamReport, Source
+from lungvlm.inference.prior import (
+    MeasuredNodule,
+    NoduleComparison,
+    compare_nodules,
+    compare_with_prior,
+    mask_image,
+    patients_differ,
+)
+from lungvlm.inference.report_analysis import (
+    ReportModel,
+    analyse_scan,
+    rank_nodules,
+    ranked_label_map,
+    segment_volume,
+)
+from lungvlm.inference.report_findings import assemble_report, resolved_markdown
+from lungvlm.inference.report_outputs import write_report_outputs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PriorScan:
+    """A prior scan of the same patient: volume, its lung mask and the interval (days)."""
+
+    volume: object
+    lung_mask: NDArray[np.bool_]
+    interval_days: float
+
+
+@dataclass
+class ReportResult:
+    """The written report, its folder and any warnings (e.g. a skipped prior)."""
+
+    report: ExamReport
+    folder: Path
+    warnings: list[str] = field(default_factory=list)
+
+
+def _lung_image(volume, lung_mask):
+    return mask_image(
+        lung_mask, volume.spacing_mm, volume.origin_lps_mm, getattr(volume, "direction", None)
+    )
+
+
+def compare_prior(
+    rm: ReportModel, current_volume, current_lungs: NDArray, current: Sequence[MeasuredNodule],
+    prior: PriorScan, cascade: bool = True,
+) -> tuple[list[NoduleComparison], list[str]]:  # fmt: skip
+    """Segment the prior, register it on the lungs and compare (:mod:`lungvlm.inference.prior`).
+
+    An empty lung mask makes registration impossible: the comparison then uses the scanner
+    coordinates as they are, with a warning.
+    """
+    _, segmentation, _ = segment_volume(rm, prior.volume, prior.lung_mask, cascade)
+    nodules = [
+        MeasuredNodule(n.centroid_world_mm, n.mean_diameter_mm, n.volume_mm3)
+        for n in segmentation.instances
+    ]
+    try:
+        comparisons, _ = compare_with_prior(
+            current, nodules, _lung_image(current_volume, current_lungs),
+            _lung_image(prior.volume, prior.lung_mask), prior.interval_days,
+        )  # fmt: skip
+        return comparisons, []
+    except ValueError as err:
+        message = f"prior not registered ({err}); nodules matched in scanner coordinates"
+        log.warning(message)
+        return compare_nodules(current, nodules, prior.interval_days), [message]
+
+
+def generate_report(
+    rm: ReportModel,
+    volume,
+    lung_mask: NDArray,
+    out_dir: str | Path,
+    source: Source,
+    case_id: str,
+    source_datasets: Sequence[pydicom.Dataset] | None = None,
+    prior: PriorScan | None = None,
+    cascade: bool = True,
+    overwrite: bool = False,
+    timings_s: dict[str, float] | None = None,
+) -> ReportResult:
+    """Analyse a scan, compare it with a prior, assemble and write the report.
+
+    Args:
+        rm: the loaded stage-3 model (:func:`~lungvlm.inference.report_analysis.load_report_model`).
+        volume: CTVolume-like scan.
+        lung_mask: boolean lung mask on the scan's grid.
+        out_dir: case folder to create (atomically).
+        source: where the scan came from (path, format, series UID).
+        case_id: the case name in the report.
+        source_datasets: DICOM slices in z order (SEG + SR are written when given).
+        prior: optional prior scan of the same patient.
+        cascade: segment with the adaptive-resolution cascade.
+        overwrite: replace an existing ``out_dir``.
+        timings_s: seconds of steps done by the caller (e.g. "read", "lung_mask").
+    """
+    analysis = analyse_scan(rm, volume, lung_mask, cascade)
+    analysis.timings_s = {**(timings_s or {}), **analysis.timings_s}
+    comparisons, warnings, extra = None, [], []
+    if prior is not None:
+        current_id = (getattr(volume, "metadata", None) or {}).get("patient_id")
+        prior_id = (getattr(prior.volume, "metadata", None) or {}).get("patient_id")
+        if patients_differ(current_id, prior_id):
+            message = (
+                f"prior scan belongs to patient {prior_id!r}, the current scan to {current_id!r}: "
+                "comparison skipped"
+            )
+            log.warning(message)
+            warnings.append(message)
+            extra = ["### Comparison", "", f"Not compared: {message}.", ""]
+        else:
+            start = time.perf_counter()
+            comparisons, notes = compare_prior(
+                rm, volume, lung_mask, analysis.measured_nodules(), prior, cascade
+            )
+            warnings += notes
+            analysis.timings_s["prior"] = time.perf_counter() - start
+            extra = resolved_markdown(comparisons)
+    order = rank_nodules(analysis)
+    report = assemble_report(
+        rm, analysis, order, case_id, source, comparisons,
+        prior.interval_days if comparisons is not None else None,
+    )  # fmt: skip
+    labels = ranked_label_map(analysis, order)
+    written = write_report_outputs(
+        out_dir, report, analysis, order, volume, labels, source_datasets, extra, overwrite
+    )
+    return ReportResult(written, Path(out_dir), warnings)

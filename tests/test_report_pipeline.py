@@ -1,0 +1,259 @@
+"""``lungvlm report``: end to end on a phantom DICOM series, report assembly, bad input."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+import lungvlm.cli as cli
+from data_modules.io import read_dicom_series
+from data_modules.lung_mask import lung_mask
+from data_modules.phantom import PhantomConfig, generate_case
+from data_modules.phantom.writers import write_dicom_series
+from lungvlm.clinical.emphysema import laa950_percent
+from lungvlm.clinical.lungrads import EXAM_PRIORITY
+from lungvlm.export.json_report import read_report_json
+from lungvlm.export.schema import REPORT_SCHEMA_VERSION, Source
+from lungvlm.inference.nodule_heads import GeneratedSentence, NoduleHeadOutput
+from lungvlm.inference.report_analysis import (
+    ReportModel,
+    ReportSettings,
+    ScanAnalysis,
+    rank_nodules,
+    ranked_label_map,
+)
+from lungvlm.inference.report_findings import assemble_report, texture_attenuation
+from lungvlm.inference.scan import DetectedNodule, ScanSegmentation, prepare_scan
+from lungvlm.labels import CONCEPT_NAMES, LUNGRADS_CATEGORIES
+from tests.report_fixtures import write_segment_checkpoint, write_stage3_checkpoint
+
+COMMANDS = (("report", "lungvlm.inference.report_cli"),)
+
+
+def run_cli(args: list[str]) -> int:
+    """``lungvlm.cli.main`` with the report commands registered (until cli.py lists them)."""
+    registered = {name for name, _ in cli.PLAIN_COMMANDS}
+    extra = tuple(c for c in COMMANDS if c[0] not in registered)
+    with mock.patch.object(cli, "PLAIN_COMMANDS", cli.PLAIN_COMMANDS + extra):
+        return cli.main(args)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return write_stage3_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt")
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return generate_case(0, PhantomConfig.tiny())
+
+
+@pytest.fixture(scope="module")
+def dicom_dir(tmp_path_factory, phantom) -> Path:
+    folder = tmp_path_factory.mktemp("dicom") / "PHANTOM-0000"
+    write_dicom_series(phantom, folder)
+    return folder
+
+
+def test_report_on_a_dicom_series_writes_every_output(ckpt, dicom_dir, tmp_path, capsys):
+    out = tmp_path / "case"
+    assert run_cli(["report", str(dicom_dir), "--ckpt", str(ckpt), "--out", str(out)]) == 0
+    for name in ("report.md", "report.json", "index.html", "segmentation.nii.gz",
+                 "overlays/nodule_01.png", "dicom/seg.dcm", "dicom/sr.dcm"):  # fmt: skip
+        assert (out / name).is_file(), name
+    report = read_report_json(out / "report.json")  # validates the schema
+    assert report.schema_version == REPORT_SCHEMA_VERSION
+    assert report.source.format == "dicom" and report.case_id == "PHANTOM-0000"
+    # Emphysema is measured on the original HU inside the lung mask.
+    volume = read_dicom_series(dicom_dir)
+    expected = laa950_percent(volume.array_hu, lung_mask(volume.array_hu, volume.spacing_mm))
+    assert report.exam.emphysema.laa950_percent == pytest.approx(expected)
+    # Nodules are ranked by malignancy probability x volume and numbered from 1.
+    n = len(report.nodules)
+    assert n >= 1 and [x.index for x in report.nodules] == list(range(1, n + 1))
+    scores = [x.malignancy_probability * x.volume_mm3 for x in report.nodules]
+    assert scores == sorted(scores, reverse=True)
+    # The exam category is the most suspicious nodule category.
+    top = max((x.lungrads_category for x in report.nodules), key=EXAM_PRIORITY.index)
+    assert report.exam.lungrads_category == top
+    for nodule in report.nodules:
+        assert nodule.sentences and all((out / s.heatmap_file).is_file() for s in nodule.sentences)
+        # Uncalibrated: sentences under the default threshold 0.5 are uncertain.
+        assert all(s.uncertain == (s.confidence < 0.5) for s in nodule.sentences)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentation.nii.gz")))
+    assert labels.shape == volume.shape and set(np.unique(labels)) == set(range(n + 1))
+    assert len(pydicom.dcmread(out / "dicom" / "seg.dcm").SegmentSequence) == n
+    assert {"read", "lung_mask", "segmentation", "nodule_heads", "generation", "export"} <= set(
+        report.timings_s
+    )
+    assert f"Lung-RADS v2022 category {report.exam.lungrads_category}" in (
+        out / "report.md"
+    ).read_text(encoding="utf-8")
+    assert "not calibrated" in capsys.readouterr().err
+
+
+def test_prior_from_another_patient_is_skipped_with_a_warning(
+    ckpt, dicom_dir, phantom, tmp_path, capsys
+):
+    prior = tmp_path / "prior"
+    write_dicom_series(phantom, prior, patient_id="SOMEONE-ELSE")
+    out = tmp_path / "case"
+    args = ["report", str(dicom_dir), "--ckpt", str(ckpt), "--out", str(out), "--no-cascade",
+            "--prior", str(prior), "--interval-days", "90"]  # fmt: skip
+    assert run_cli(args) == 0
+    err = capsys.readouterr().err
+    assert "warning: prior scan belongs to patient 'SOMEONE-ELSE'" in err
+    assert "comparison skipped" in err
+    report = read_report_json(out / "report.json")
+    assert all(n.comparison is None for n in report.nodules)
+    assert "Not compared" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def _copy(src: Path, dst: Path, keep=lambda i, n: True) -> Path:
+    dst.mkdir()
+    files = sorted(src.iterdir())
+    for i, f in enumerate(files):
+        if keep(i, len(files)):
+            shutil.copy(f, dst / f.name)
+    return dst
+
+
+def _mr(dicom_dir: Path, tmp: Path) -> Path:
+    folder = _copy(dicom_dir, tmp / "mr")
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.Modality = "MR"
+        ds.save_as(f)
+    return folder
+
+
+BAD_SCANS = {
+    "mr": (_mr, r"Modality 'MR'; expected 'CT'"),
+    "single_slice": (lambda d, t: _copy(d, t / "one", lambda i, n: i == 0), r"single slice"),
+    "gap": (lambda d, t: _copy(d, t / "gap", lambda i, n: i != n // 2), r"a slice is missing"),
+    "empty_folder": (lambda d, t: _copy(d, t / "empty", lambda i, n: False), r"no DICOM image"),
+    "unreadable": (lambda d, t: _write(t / "junk" / "1.dcm", b"not a DICOM file"),
+                   r"no DICOM preamble"),
+    "missing": (lambda d, t: t / "nowhere", r"does not exist"),
+}  # fmt: skip
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir()
+    path.write_bytes(data)
+    return path.parent
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_SCANS))
+def test_bad_scans_fail_with_the_file_and_the_problem(kind, ckpt, dicom_dir, tmp_path, capsys):
+    build, problem = BAD_SCANS[kind]
+    scan = build(dicom_dir, tmp_path)
+    rc = run_cli(["report", str(scan), "--ckpt", str(ckpt), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert str(scan) in err
+    assert re.search(problem, err), err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["stage2", "corrupt"])
+def test_bad_checkpoints_fail_with_the_file_and_the_problem(kind, dicom_dir, tmp_path, capsys):
+    path = tmp_path / f"{kind}.ckpt"
+    if kind == "stage2":
+        write_segment_checkpoint(path)
+        problem = r"stage 'segment' .*needs a stage-3 \('vision_language'\) checkpoint"
+    else:
+        path.write_bytes(b"\x00garbage" * 10)
+        problem = r"is not readable"
+    rc = run_cli(["report", str(dicom_dir), "--ckpt", str(path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(path) in err
+    assert re.search(problem, err), err
+
+
+def test_prior_needs_an_interval(ckpt, dicom_dir, tmp_path, capsys):
+    args = ["report", str(dicom_dir), "--ckpt", str(ckpt), "--out", str(tmp_path / "o"),
+            "--prior", str(dicom_dir)]  # fmt: skip
+    assert run_cli(args) == 2
+    assert "--prior needs --interval-days" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- assembly without a model
+def _head(text: str, malignancy: float, lungrads: dict[str, float], texture: float = 1.0):
+    probs = {c: 0.0 for c in LUNGRADS_CATEGORIES}
+    probs.update(lungrads)
+    sentences = [GeneratedSentence(text, 0.9, np.zeros((4, 4, 4), np.float32))]
+    concepts = {name: 0.5 for name in CONCEPT_NAMES} | {"texture": texture}
+    return NoduleHeadOutput(0.0, malignancy, probs, 0.2, concepts, text, sentences, (0, 0, 0))
+
+
+def _instance(label: int, centre, diameter_mm: float, volume_mm3: float) -> DetectedNodule:
+    return DetectedNodule(label, 0.9, 8, centre, centre, centre, volume_mm3, diameter_mm,
+                          diameter_mm, diameter_mm)  # fmt: skip
+
+
+def _analysis(instances, heads, labels) -> ScanAnalysis:
+    prepared = prepare_scan(np.zeros(labels.shape, np.float32), (1.0, 1.0, 1.0), 1.0)
+    seg = ScanSegmentation(np.zeros(labels.shape, np.float32), labels, instances, prepared, 1, 1)
+    return ScanAnalysis(prepared, seg, heads, 3.0)
+
+
+def test_measured_size_and_parsed_attributes_make_the_category():
+    labels = np.zeros((8, 8, 8), np.int32)
+    labels[1, 1, 1], labels[6, 6, 6] = 1, 2
+    heads = [
+        # The text says 12 mm; the segmentation measured 7 mm: the measurement wins.
+        _head("A 12.0 mm solid nodule in the right upper lobe with a spiculated margin.", 0.5,
+              {"4B": 0.52, "4X": 0.48}),
+        _head("A 5.0 mm nodule in the left lower lobe.", 0.1, {"2": 0.9, "3": 0.1}, 0.0),
+    ]  # fmt: skip
+    instances = [_instance(1, (1.0, 1.0, 1.0), 7.0, 100.0), _instance(2, (6.0, 6.0, 6.0), 5.0, 1000.0)]
+    analysis = _analysis(instances, heads, labels)
+    order = rank_nodules(analysis)
+    assert order == [1, 0]  # 0.1 x 1000 mm³ = 100 > 0.5 x 100 mm³ = 50
+    rm = ReportModel(None, Path("model.ckpt"), ReportSettings())
+    report = assemble_report(rm, analysis, order, "case", Source("scan.nii.gz", "nifti"))
+    first, second = report.nodules
+    # Rank 1: no attenuation in the text; texture 0.0 (LIDC 1) -> ground glass < 30 mm -> 2.
+    assert (first.mean_diameter_mm, first.attenuation, first.lungrads_category) == (
+        5.0, "ground_glass", "2")  # fmt: skip
+    assert (first.side, first.lobe) == ("left", "lower")
+    # Rank 2: solid 7.0 mm at baseline -> 3, spiculated -> 4X.
+    assert (second.mean_diameter_mm, second.volume_mm3, second.attenuation) == (7.0, 100.0, "solid")
+    assert (second.side, second.lobe, second.attributes.margin) == ("right", "upper", "spiculated")
+    assert second.lungrads_category == "4X" and report.exam.lungrads_category == "4X"
+    assert report.exam.emphysema.laa950_percent == 3.0
+    reasons = report.exam.review_reasons
+    assert any("nodule 1: attenuation not stated" in r for r in reasons)
+    assert any("nodule 2: the two most probable Lung-RADS categories differ by 0.04" in r
+               for r in reasons)  # fmt: skip
+    assert report.exam.needs_review
+
+
+@pytest.mark.parametrize(
+    ("texture", "attenuation"),
+    [(0.0, "ground_glass"), (0.374, "ground_glass"), (0.375, "part_solid"), (0.624, "part_solid"),
+     (0.625, "solid"), (1.0, "solid")],
+)  # fmt: skip
+def test_texture_fallback_follows_the_lidc_scale(texture, attenuation):
+    # rating = 1 + 4 * unit: < 2.5 ground glass, < 3.5 part-solid, else solid.
+    assert texture_attenuation(texture) == attenuation
+
+
+def test_a_nodule_lost_in_resampling_keeps_its_centre_voxel():
+    labels = np.zeros((4, 4, 4), np.int32)
+    labels[1, 1, 1] = 1  # prepared voxel 1 is never sampled by original index o -> 2 o
+    prepared = prepare_scan(np.zeros((2, 2, 2), np.float32), (2.0, 2.0, 2.0), 1.0)
+    seg = ScanSegmentation(np.zeros((4, 4, 4), np.float32), labels,
+                           [_instance(1, (0.5, 0.5, 0.5), 1.0, 1.0)], prepared, 1, 1)  # fmt: skip
+    out = ranked_label_map(ScanAnalysis(prepared, seg, [], None), [0])
+    expected = np.zeros((2, 2, 2), np.int32)
+    expected[0, 0, 0] = 1  # rint(0.5) = 0
+    np.testing.assert_array_equal(out, expected)

@@ -25,6 +25,8 @@ LIGHTNING_COMMANDS: dict[str, str] = {
 PLAIN_COMMANDS: tuple[tuple[str, str], ...] = (
     ("phantom", "data_modules.phantom.cli"),
     ("preprocess", "data_modules.preprocess_cli"),
+    ("report", "lungvlm.inference.report_cli"),
+    ("evaluate", "lungvlm.inference.evaluate_cli"),
     ("sweep", "lungvlm.sweep.cli"),
 )
 

@@ -59,7 +59,9 @@ def test_match_distance_is_10_mm_plus_the_larger_radius(prior_x_mm, matched):
 def test_hungarian_minimises_the_total_distance():
     # Greedy nearest-first would pair current 1 with prior 0 (1 mm), then current 0 with
     # prior 1 (5 mm): 6 mm in all. The optimum pairs 0-0 (2 mm) and 1-1 (2 mm): 4 mm.
-    pairs = match_nodules([nodule(0.0, 4.0), nodule(3.0, 4.0)], [nodule(2.0, 4.0), nodule(5.0, 4.0)])
+    pairs = match_nodules(
+        [nodule(0.0, 4.0), nodule(3.0, 4.0)], [nodule(2.0, 4.0), nodule(5.0, 4.0)]
+    )
     assert [(i, j) for i, j, _ in pairs] == [(0, 0), (1, 1)]
     assert sum(d for *_, d in pairs) == pytest.approx(4.0)
 

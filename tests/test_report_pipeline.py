@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from pathlib import Path
@@ -214,7 +215,10 @@ def test_measured_size_and_parsed_attributes_make_the_category():
               {"4B": 0.52, "4X": 0.48}),
         _head("A 5.0 mm nodule in the left lower lobe.", 0.1, {"2": 0.9, "3": 0.1}, 0.0),
     ]  # fmt: skip
-    instances = [_instance(1, (1.0, 1.0, 1.0), 7.0, 100.0), _instance(2, (6.0, 6.0, 6.0), 5.0, 1000.0)]
+    instances = [
+        _instance(1, (1.0, 1.0, 1.0), 7.0, 100.0),
+        _instance(2, (6.0, 6.0, 6.0), 5.0, 1000.0),
+    ]
     analysis = _analysis(instances, heads, labels)
     order = rank_nodules(analysis)
     assert order == [1, 0]  # 0.1 x 1000 mm³ = 100 > 0.5 x 100 mm³ = 50
@@ -257,3 +261,74 @@ def test_a_nodule_lost_in_resampling_keeps_its_centre_voxel():
     expected = np.zeros((2, 2, 2), np.int32)
     expected[0, 0, 0] = 1  # rint(0.5) = 0
     np.testing.assert_array_equal(out, expected)
+
+
+def test_nodule_heads_give_probabilities_sentences_and_heatmaps(ckpt):
+    from lungvlm.inference.nodule_heads import run_nodule_heads
+    from lungvlm.inference.report_analysis import load_report_model
+
+    rm = load_report_model(ckpt)
+    image = np.random.default_rng(0).uniform(0, 1, (30, 30, 30)).astype(np.float32)
+    norm = rm.model.normalization
+    one = run_nodule_heads(rm.model, image, (10.2, 15.0, 3.6), 24, 2.0, norm, temperature=2.0)
+    assert one.crop_start_vox == (-2, 3, -8)  # round(centre) - 24 // 2
+    # Temperature scaling: p = sigmoid(logit / T).
+    assert one.malignancy_probability == pytest.approx(
+        1 / (1 + math.exp(-one.malignancy_logit / 2))
+    )
+    assert sum(one.lungrads_probabilities.values()) == pytest.approx(1.0)
+    assert 0.0 <= one.growth_probability_12m <= 1.0
+    assert one.sentences and " ".join(s.text for s in one.sentences) == " ".join(one.text.split())
+    for sentence in one.sentences:
+        assert sentence.heatmap.shape == (24, 24, 24)
+        assert float(sentence.heatmap.sum()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_crop_heatmap_lands_on_the_scan_box():
+    from lungvlm.inference.nodule_heads import heatmap_on_original_box
+
+    heat = np.arange(64, dtype=np.float32).reshape(4, 4, 4)
+    box = (slice(3, 5), slice(3, 5), slice(3, 5))
+    # zoom 1: original index o is crop index o - start = o - 2.
+    np.testing.assert_array_equal(heatmap_on_original_box(heat, (2, 2, 2), (1, 1, 1), box),
+                                  heat[1:3, 1:3, 1:3])  # fmt: skip
+    # zoom 2 (prepared grid twice as fine): original o sits at crop index 2 o - 2.
+    box = (slice(1, 3), slice(1, 2), slice(2, 3))
+    np.testing.assert_array_equal(heatmap_on_original_box(heat, (2, 2, 2), (2, 2, 2), box),
+                                  heat[[0, 2]][:, [0]][:, :, [2]])  # fmt: skip
+
+
+def test_report_settings_come_from_the_data_config_and_the_calibration():
+    from lungvlm.inference.report_analysis import settings_from_checkpoint
+
+    plain = settings_from_checkpoint({"datamodule_hyper_parameters": {"crop_size_vox": 48}})
+    assert (plain.crop_size_vox, plain.sentence_threshold, plain.calibrated) == (48, 0.5, False)
+    calibrated = settings_from_checkpoint({
+        "hyper_parameters": {"data": {"init_args": {"crop_size_vox": 40, "spacing_mm": 1.5}}},
+        "lungvlm": {"calibration": {"sentence_threshold": 0.3, "malignancy_temperature": 2.0}},
+    })  # fmt: skip
+    assert (calibrated.crop_size_vox, calibrated.spacing_mm) == (40, 1.5)
+    assert (calibrated.sentence_threshold, calibrated.malignancy_temperature) == (0.3, 2.0)
+    assert calibrated.calibrated
+
+
+def test_scan_reader_is_picked_by_the_path(tmp_path):
+    from data_modules.io import DataError, write_nifti
+    from lungvlm.inference.report_cli import read_scan
+
+    image = np.full((3, 4, 5), -800.0, np.float32)
+    path = write_nifti(image, tmp_path / "scan.nii.gz", spacing_mm=(2.0, 1.0, 1.0))
+    volume, kind, sources = read_scan(path)
+    assert (kind, sources, volume.shape, volume.spacing_mm) == (
+        "nifti",
+        None,
+        (3, 4, 5),
+        (2.0, 1.0, 1.0),
+    )
+    flat = write_nifti(image[:1], tmp_path / "flat.nii", spacing_mm=(2.0, 1.0, 1.0))
+    with pytest.raises(DataError, match=r"flat.nii holds a single slice"):
+        read_scan(flat)
+    other = tmp_path / "scan.png"
+    other.write_bytes(b"png")
+    with pytest.raises(DataError, match=r"scan.png has an unknown format"):
+        read_scan(other)

@@ -146,7 +146,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write a report (md, json, NIfTI, overlays, HTML, DICOM SEG/SR) for one CT",
         description="Segment a chest CT, describe each nodule and write the exam report.",
     )
-    report.add_argument("scan", help="DICOM series folder, NIfTI (.nii/.nii.gz) or MetaImage (.mhd)")
+    report.add_argument(
+        "scan", help="DICOM series folder, NIfTI (.nii/.nii.gz) or MetaImage (.mhd)"
+    )
     report.add_argument("--ckpt", required=True, help="stage-3 checkpoint (optionally calibrated)")
     report.add_argument("--out", required=True, help="case folder to create")
     report.add_argument("--prior", default=None, help="prior scan of the same patient")

@@ -151,6 +151,7 @@ class LungVLMModule(L.LightningModule):
             {split: SegmentationMetrics() for split in ("val", "test")}
         )
         self._initialised_from: str | None = None
+        self._initialised_from_vl = False  # True when init_from brought a trained decoder
         self._maybe_init_from()
 
     # ------------------------------------------------------------------ set-up
@@ -174,6 +175,7 @@ class LungVLMModule(L.LightningModule):
             if keys:
                 log.info("  %s keys (%d): %s", name, len(keys), ", ".join(keys[:20]))
         self._initialised_from = str(self.init_from)
+        self._initialised_from_vl = any(k.startswith("vl_heads.decoder.") for k in report.loaded)
         self.init_report = report
 
     def setup(self, stage: str) -> None:
@@ -186,6 +188,9 @@ class LungVLMModule(L.LightningModule):
             extra = datamodule.report_corpus() if hasattr(datamodule, "report_corpus") else ()
             run_dir = self.trainer.default_root_dir if self._trainer else None
             self.vl.fit_tokenizer(extra, run_dir if self.trainer.is_global_zero else None)
+            if stage == "fit" and self._initialised_from_vl is False:
+                # Language first (a fresh decoder only): every rank runs the same seeded steps.
+                self.vl.pretrain_language()
 
     @property
     def tasks(self) -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from lungvlm.lightning.language import crop_findings_corpus, pretrain_language
 from lungvlm.lightning.vision_language import (
     SPICULATED_UNIT_THRESHOLD,
     ZERO_SHOT_PROMPTS,
@@ -54,6 +55,8 @@ class VisionLanguageConfig:
         tokenizer_seed: seed of the rendered corpus.
         generation_max_new_tokens: longest generated report in validation, tokens.
         num_sample_reports: generated reports written per evaluation (markdown + TensorBoard).
+        language_pretrain_steps: text-only causal-LM steps of the decoder before stage 3 (0: off).
+        language_pretrain_texts: crop-style findings texts rendered for language pretraining.
     """
 
     tokenizer_corpus_size: int = 2000
@@ -61,6 +64,8 @@ class VisionLanguageConfig:
     tokenizer_seed: int = 0
     generation_max_new_tokens: int = 90
     num_sample_reports: int = 8
+    language_pretrain_steps: int = 0
+    language_pretrain_texts: int = 4000
 
 
 class VisionLanguageTask(nn.Module):
@@ -82,14 +87,31 @@ class VisionLanguageTask(nn.Module):
     def fit_tokenizer(self, extra_texts=(), save_dir: str | None = None) -> None:
         """Train the tokenizer on the rendered corpus + ``extra_texts``; save it under ``save_dir``."""
         cfg = self.config
+        # Crop reports describe one nodule: add such findings texts beside the exam reports.
+        crop_texts = crop_findings_corpus(
+            max(1, cfg.tokenizer_corpus_size // 4), cfg.tokenizer_seed
+        )
         corpus = build_report_corpus(
-            cfg.tokenizer_corpus_size, cfg.tokenizer_seed, cfg.tokenizer_corpus_files, extra_texts
+            cfg.tokenizer_corpus_size,
+            cfg.tokenizer_seed,
+            cfg.tokenizer_corpus_files,
+            [*crop_texts, *extra_texts],
         )
         vocab = self.heads.decoder.vocab_size if hasattr(self.heads.decoder, "vocab_size") else 512
         self.tokenizer = train_tokenizer(corpus, vocab_size=vocab)
         log.info("tokenizer: %d tokens trained on %d texts", len(self.tokenizer), len(corpus))
         if save_dir:
             save_tokenizer(self.tokenizer, Path(save_dir) / "tokenizer")
+
+    def pretrain_language(self) -> list[float]:
+        """Text-only LM pretraining of the decoder (see :mod:`lungvlm.lightning.language`)."""
+        cfg = self.config
+        if cfg.language_pretrain_steps <= 0:
+            return []
+        texts = crop_findings_corpus(cfg.language_pretrain_texts, cfg.tokenizer_seed)
+        return pretrain_language(
+            self.heads.decoder, self.tokenizer, texts, cfg.language_pretrain_steps
+        )
 
     def tokenize_batch(self, batch) -> None:
         """Fill ``report_tokens``, ``report_attention`` and ``token_nodule`` of ``batch``."""

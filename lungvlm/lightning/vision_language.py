@@ -44,11 +44,20 @@ class VLForward:
     concepts: object
 
 
-def vision_language_forward(heads: VisionLanguageHeads, features: list[Tensor], batch) -> VLForward:
-    """Teacher-forced forward of the stage-3 heads on encoder ``features`` and ``batch``."""
+def vision_language_forward(
+    heads: VisionLanguageHeads, features: list[Tensor], batch, risk_text_dropout: float = 0.0
+) -> VLForward:
+    """Teacher-forced forward of the stage-3 heads on encoder ``features`` and ``batch``.
+
+    With probability ``risk_text_dropout`` (training only) the risk head gets no text for this
+    batch, so its learned "no text" input is trained and visual-only risk is meaningful.
+    """
     tokens, geometry = heads.visual_tokens(features)
     dec = heads.decoder(batch.report_tokens, batch.report_attention, tokens, output_attentions=True)
     pooled = heads.pooled_visual(features)
+    drop_text = (
+        heads.training and risk_text_dropout > 0 and float(torch.rand(())) < risk_text_dropout
+    )
     # The risk head reads the findings text (never the impression, which names the category).
     text = heads.decoder.report_embedding(batch.report_tokens, batch.report_attention)
     forward = VLForward(
@@ -57,21 +66,23 @@ def vision_language_forward(heads: VisionLanguageHeads, features: list[Tensor], 
         cross_attentions=dec.cross_attentions,
         geometry=geometry,
         visual_tokens=tokens,
-        risk=heads.risk_head(pooled, text),
+        risk=heads.risk_head(pooled, None if drop_text else text),
         concepts=heads.concept_head(pooled),
     )
     forward.report_loss = dec.loss
     return forward
 
 
-def vision_language_losses(heads: VisionLanguageHeads, features: list[Tensor], batch):
+def vision_language_losses(
+    heads: VisionLanguageHeads, features: list[Tensor], batch, risk_text_dropout: float = 0.0
+):
     """Named stage-3 losses (segmentation excluded) and the forward outputs.
 
     Returns:
         (losses, forward): ``losses`` maps "report", "contrastive", "grounding",
         "malignancy", "lungrads", "growth", "concepts" to scalars; absent labels are masked.
     """
-    fwd = vision_language_forward(heads, features, batch)
+    fwd = vision_language_forward(heads, features, batch, risk_text_dropout)
     risk = fwd.risk
     zero = fwd.pooled.sum() * 0.0
     losses = {

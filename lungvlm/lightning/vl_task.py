@@ -57,6 +57,7 @@ class VisionLanguageConfig:
         num_sample_reports: generated reports written per evaluation (markdown + TensorBoard).
         language_pretrain_steps: text-only causal-LM steps of the decoder before stage 3 (0: off).
         language_pretrain_texts: crop-style findings texts rendered for language pretraining.
+        risk_text_dropout: probability per training batch that the risk head sees no text.
     """
 
     tokenizer_corpus_size: int = 2000
@@ -66,6 +67,7 @@ class VisionLanguageConfig:
     num_sample_reports: int = 8
     language_pretrain_steps: int = 0
     language_pretrain_texts: int = 4000
+    risk_text_dropout: float = 0.0
 
 
 class VisionLanguageTask(nn.Module):
@@ -131,7 +133,12 @@ class VisionLanguageTask(nn.Module):
     # ---------------------------------------------------------------- losses / metrics
     def losses(self, features: list[Tensor], batch):
         """Named stage-3 losses and the forward outputs (see :func:`vision_language_losses`)."""
-        return vision_language_losses(self.heads, features, batch)
+        return vision_language_losses(
+            self.heads,
+            features,
+            batch,
+            self.config.risk_text_dropout if self.heads.training else 0.0,
+        )
 
     def _embed_texts(self, texts: list[str], device) -> Tensor:
         ids, attention = encode_reports(self.tokenizer, texts, self.heads.max_length)

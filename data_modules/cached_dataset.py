@@ -25,11 +25,12 @@ import lightning as L
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from data_modules.batch import LungBatch, NoduleSample, collate_samples
+from data_modules.batch import NoduleSample
 from data_modules.cache import list_cached_cases, load_case_arrays, load_case_json, read_cache_spec
 from data_modules.io import MALIGNANCY_RULES, binarize_malignancy
+from data_modules.loaders import LungBatchLoadersMixin
 from data_modules.sampling import context_crop, crop_around
 from data_modules.transforms import augment, train_augmentation
 from lungvlm.labels import CONCEPT_NAMES, concept_to_unit
@@ -249,7 +250,7 @@ MISSING_ROOT_HINT = (
 )
 
 
-class CachedDataModuleBase(L.LightningDataModule):
+class CachedDataModuleBase(LungBatchLoadersMixin, L.LightningDataModule):
     """Loaders, epochs and normalisation shared by the LIDC-IDRI and LUNA16 DataModules.
 
     Subclasses set ``data_format``, save their ``__init__`` arguments as hyper-parameters and
@@ -341,35 +342,3 @@ class CachedDataModuleBase(L.LightningDataModule):
         """Advance the training sampling/augmentation to ``epoch``."""
         if "train" in getattr(self, "datasets", {}):
             self.datasets["train"].set_epoch(epoch)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if not hasattr(self, "datasets"):
-            self.setup()
-        hp = self.hparams
-        return DataLoader(
-            self.datasets[split],
-            batch_size=hp.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(int(hp.seed)) if shuffle else None,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
-            collate_fn=collate_samples,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches of :class:`~data_modules.batch.LungBatch`."""
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches (fixed order)."""
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches (fixed order)."""
-        return self._loader("test", shuffle=False)
-
-    def transfer_batch_to_device(
-        self, batch: LungBatch, device: torch.device, dataloader_idx: int
-    ) -> LungBatch:
-        """Move a :class:`~data_modules.batch.LungBatch` with its own ``to``."""
-        return batch.to(device)

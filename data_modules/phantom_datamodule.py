@@ -22,9 +22,10 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from data_modules.batch import LungBatch, NoduleSample, ReportSpan, collate_samples
+from data_modules.batch import NoduleSample, ReportSpan
+from data_modules.loaders import LungBatchLoadersMixin
 from data_modules.phantom.generator import SHAPE_SOURCES, PhantomConfig
 from data_modules.phantom.patch import make_nodule_sample
 from data_modules.transforms import augment, train_augmentation
@@ -156,7 +157,7 @@ class PhantomNoduleDataset(Dataset):
         )
 
 
-class PhantomDataModule(L.LightningDataModule):
+class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
     """Phantom nodule crops for every LungVLM stage (no data download needed).
 
     Args:
@@ -258,36 +259,3 @@ class PhantomDataModule(L.LightningDataModule):
         """Advance the training augmentation to ``epoch`` (re-seeds it per sample and epoch)."""
         if "train" in self.datasets:
             self.datasets["train"].epoch = int(epoch)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if split not in self.datasets:
-            self.setup()
-        hp = self.hparams
-        generator = torch.Generator().manual_seed(int(hp.seed)) if shuffle else None
-        return DataLoader(
-            self.datasets[split],
-            batch_size=hp.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
-            collate_fn=collate_samples,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches of :class:`~data_modules.batch.LungBatch`."""
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches (fixed order)."""
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches (fixed order)."""
-        return self._loader("test", shuffle=False)
-
-    def transfer_batch_to_device(
-        self, batch: LungBatch, device: torch.device, dataloader_idx: int
-    ) -> LungBatch:
-        """Move a :class:`LungBatch` with its own ``to``."""
-        return batch.to(device)

@@ -33,7 +33,11 @@ def test_every_experiment_file_is_covered():
 def test_stage_configs_parse_and_instantiate(stage_file):
     cli = parse(stage_file, "debug.yaml")
     assert isinstance(cli.model, LungVLMModule)
-    expected = {"stage1.yaml": "pretrain", "stage2.yaml": "segment", "stage3.yaml": "vision_language"}
+    expected = {
+        "stage1.yaml": "pretrain",
+        "stage2.yaml": "segment",
+        "stage3.yaml": "vision_language",
+    }
     assert cli.model.stage == expected[stage_file]
     assert cli.trainer.max_epochs == 1  # debug.yaml overrides the stage
 
@@ -71,7 +75,10 @@ def test_fast_dev_run_of_stage3_debug_config(tmp_path):
     args = ["fit"]
     for name in ("base.yaml", "stage3.yaml", "debug.yaml"):
         args += ["--config", str(EXPERIMENTS / name)]
-    args += ["--trainer.fast_dev_run=true", f"--run_dir={tmp_path}",
-             f"--model.init_from={tmp_path / 'none.ckpt'}"]
+    args += [
+        "--trainer.fast_dev_run=true",
+        f"--run_dir={tmp_path}",
+        f"--model.init_from={tmp_path / 'none.ckpt'}",
+    ]
     assert main(args) == 0
     assert (tmp_path / "tokenizer" / "tokenizer.json").is_file()

@@ -79,9 +79,17 @@ def make_trainer(tmp_path, max_steps: int, **kwargs) -> L.Trainer:
         dirpath=tmp_path / "checkpoints", save_last=True, every_n_train_steps=1
     )
     return L.Trainer(
-        default_root_dir=tmp_path, max_steps=max_steps, accelerator="cpu", devices=1,
-        logger=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[checkpoint], num_sanity_val_steps=0, limit_val_batches=1, **kwargs,
+        default_root_dir=tmp_path,
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[checkpoint],
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        **kwargs,
     )
 
 

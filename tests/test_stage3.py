@@ -23,8 +23,15 @@ def make_stage3(lr: float = 3e-3) -> LungVLMModule:
         stage="vision_language",
         seg_head=SegmentationHead(encoder.feature_info),
         vl_heads=VisionLanguageHeads(
-            encoder.feature_info, vocab_size=300, d_model=32, n_layers=1, n_heads=2,
-            max_length=40, dropout=0.0, embed_dim=16, risk_hidden_dim=16,
+            encoder.feature_info,
+            vocab_size=300,
+            d_model=32,
+            n_layers=1,
+            n_heads=2,
+            max_length=40,
+            dropout=0.0,
+            embed_dim=16,
+            risk_hidden_dim=16,
         ),
         vl=VisionLanguageConfig(tokenizer_corpus_size=40, generation_max_new_tokens=38),
         optimizer=lambda p: torch.optim.AdamW(p, lr=lr),
@@ -98,9 +105,17 @@ def test_validation_metrics_and_samples(tmp_path):
         losses, outputs = module.shared_step(batch)
     module.vl.update_metrics("val", outputs["vl_forward"], batch, keep_samples=True)
     values = module.vl.compute_metrics("val")
-    for key in ("report/bleu4", "report/rougeL_f", "report/concept_f1", "risk/lungrads_accuracy",
-                "risk_generated/malignancy_auroc", "risk_visual/lungrads_kappa_linear",
-                "grounding/pointing_game", "grounding/mass_in_mask", "retrieval/recall_at_1"):
+    for key in (
+        "report/bleu4",
+        "report/rougeL_f",
+        "report/concept_f1",
+        "risk/lungrads_accuracy",
+        "risk_generated/malignancy_auroc",
+        "risk_visual/lungrads_kappa_linear",
+        "grounding/pointing_game",
+        "grounding/mass_in_mask",
+        "retrieval/recall_at_1",
+    ):
         assert key in values, sorted(values)
     # All three references are Lung-RADS 4A (index 4).
     predicted = outputs["vl_forward"].risk.lungrads_prediction()
@@ -122,4 +137,6 @@ def test_checkpoint_carries_the_tokenizer():
     restored.vl.tokenizer = None
     restored.on_load_checkpoint(checkpoint)
     sentence = "A 7.3 mm nodule."
-    assert restored.vl.tokenizer(sentence)["input_ids"] == module.vl.tokenizer(sentence)["input_ids"]
+    assert (
+        restored.vl.tokenizer(sentence)["input_ids"] == module.vl.tokenizer(sentence)["input_ids"]
+    )

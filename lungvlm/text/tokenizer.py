@@ -44,6 +44,21 @@ class CharSpan(Protocol):
     nodule_index: int
 
 
+def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    """Wrap a ``tokenizers`` object as a transformers fast tokenizer with our special tokens."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=PAD_TOKEN,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=UNK_TOKEN,
+        sep_token=SEP_TOKEN,
+        padding_side="right",
+        # Keep spaces exactly as written: " ." must not be collapsed to "." on decode.
+        clean_up_tokenization_spaces=False,
+    )
+
+
 def train_tokenizer(
     texts: Iterable[str], vocab_size: int = 1000, min_frequency: int = 1
 ) -> PreTrainedTokenizerFast:
@@ -96,17 +111,7 @@ def train_tokenizer(
             (EOS_TOKEN, tokenizer.token_to_id(EOS_TOKEN)),
         ],
     )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token=PAD_TOKEN,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        unk_token=UNK_TOKEN,
-        sep_token=SEP_TOKEN,
-        padding_side="right",
-        # Keep spaces exactly as written: " ." must not be collapsed to "." on decode.
-        clean_up_tokenization_spaces=False,
-    )
+    return _wrap(tokenizer)
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | Path) -> Path:
@@ -239,13 +244,4 @@ def tokenizer_to_json(tokenizer: PreTrainedTokenizerFast) -> str:
 
 def tokenizer_from_json(text: str) -> PreTrainedTokenizerFast:
     """Rebuild a tokenizer serialised by :func:`tokenizer_to_json` (no files, no network)."""
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(text),
-        pad_token=PAD_TOKEN,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        unk_token=UNK_TOKEN,
-        sep_token=SEP_TOKEN,
-        padding_side="right",
-        clean_up_tokenization_spaces=False,
-    )
+    return _wrap(Tokenizer.from_str(text))

@@ -23,7 +23,6 @@ For each detected nodule (a centre on the prepared grid, see :mod:`lungvlm.infer
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from lungvlm.losses.survival import probability_event_by
 from lungvlm.models.generation import (
     generated_token_offsets,
     greedy_generate,
+    sentence_bounds,
     sentence_confidence,
 )
 from lungvlm.models.grounding import average_attention, token_heatmaps
@@ -46,8 +46,6 @@ from lungvlm.text.tokenizer import encode_reports
 
 #: Air (HU): the value of crop voxels outside the scan, as in training.
 AIR_HU: float = -1000.0
-#: Same sentence split as :func:`lungvlm.models.generation.sentence_confidence`.
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 @dataclass
@@ -126,12 +124,7 @@ def sentence_token_groups(
     """Sentences of ``text`` and the indices of their tokens, with the sentence split and token
     assignment of :func:`~lungvlm.models.generation.sentence_confidence` (a token belongs to
     the sentence holding its first non-space character; empty tokens belong to none)."""
-    bounds, start = [], 0
-    for match in _SENTENCE_END.finditer(text):
-        bounds.append((start, match.start()))
-        start = match.end()
-    bounds.append((start, len(text)))
-    bounds = [(s, e) for s, e in bounds if text[s:e].strip()]
+    bounds = sentence_bounds(text)
     groups: list[list[int]] = [[] for _ in bounds]
     for t, (tok_start, tok_end) in enumerate(offsets):
         piece = text[tok_start:tok_end]

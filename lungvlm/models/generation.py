@@ -246,6 +246,19 @@ def generated_token_offsets(
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
+def sentence_bounds(text: str) -> list[tuple[int, int]]:
+    """Character (start, end) of each non-empty sentence of ``text``.
+
+    Sentences end after ".", "!" or "?" followed by white space, and at line breaks.
+    """
+    bounds, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        bounds.append((start, match.start()))
+        start = match.end()
+    bounds.append((start, len(text)))
+    return [(s, e) for s, e in bounds if text[s:e].strip()]
+
+
 def sentence_confidence(
     text: str, token_offsets: Sequence[tuple[int, int]], token_entropies: Sequence[float] | Tensor
 ) -> list[tuple[str, float]]:
@@ -271,12 +284,7 @@ def sentence_confidence(
             f"token_offsets ({len(token_offsets)}) and token_entropies ({len(entropies)}) "
             "must have one entry per token"
         )
-    bounds, start = [], 0
-    for match in _SENTENCE_END.finditer(text):
-        bounds.append((start, match.start()))
-        start = match.end()
-    bounds.append((start, len(text)))
-    bounds = [(s, e) for s, e in bounds if text[s:e].strip()]
+    bounds = sentence_bounds(text)
     sums = [0.0] * len(bounds)
     counts = [0] * len(bounds)
     for (tok_start, tok_end), entropy in zip(token_offsets, entropies, strict=True):

@@ -360,3 +360,21 @@ def test_two_trials_share_a_postgresql_study(tmp_path, postgres_url):
     assert states(study) == {"COMPLETE": 2}
     assert [Path(t.user_attrs["run_dir"]).parent.name for t in study.trials] == ["a", "b"]
     assert (tmp_path / "b" / "best.yaml").exists()
+
+
+def test_resumed_study_does_not_replay_parameters():
+    from lungvlm.sweep.space import SweepConfig
+
+    raw = {
+        "base_configs": ["experiments/base.yaml"],
+        "metric": "val/loss",
+        "direction": "minimize",
+        "sampler": {"type": "random", "seed": 0},
+        "space": {"model.mask_ratio": {"type": "float", "low": 0.1, "high": 0.9}},
+    }
+    config = SweepConfig.from_dict(raw)
+    first = config.build_sampler()
+    resumed = config.build_sampler(seed_offset=3)
+    assert first._rng.rng.random() != resumed._rng.rng.random()
+    again = config.build_sampler()
+    assert config.build_sampler()._rng.rng.random() == again._rng.rng.random()

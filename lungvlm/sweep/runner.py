@@ -159,7 +159,7 @@ def open_study(config: SweepConfig, storage: str, study_name: str) -> optuna.Stu
         rdb = optuna.storages.RDBStorage(
             storage, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=GRACE_PERIOD_S
         )
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=rdb,
         study_name=study_name,
         direction=config.direction,
@@ -167,6 +167,11 @@ def open_study(config: SweepConfig, storage: str, study_name: str) -> optuna.Stu
         pruner=config.build_pruner(),
         load_if_exists=True,
     )
+    # Resuming with the same seed would replay the first trials' parameters: offset it.
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:
+        study.sampler = config.build_sampler(seed_offset=existing)
+    return study
 
 
 def counted_trials(study: optuna.Study) -> int:

@@ -229,7 +229,13 @@ class SweepConfig:
         args = {k: v for k, v in self.pruner.items() if k != "type"}
         return PRUNERS[self.pruner["type"]](**args)
 
-    def build_sampler(self) -> optuna.samplers.BaseSampler:
-        """The Optuna sampler named by ``sampler.type`` with the remaining entries as arguments."""
+    def build_sampler(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+        """The Optuna sampler named by ``sampler.type`` with the remaining entries as arguments.
+
+        ``seed_offset`` is added to a configured ``seed``: a resumed study (or another worker
+        joining it) must not replay the parameter sequence of the trials already run.
+        """
         args = {k: v for k, v in self.sampler.items() if k != "type"}
+        if args.get("seed") is not None:
+            args["seed"] = int(args["seed"]) + int(seed_offset)
         return SAMPLERS[self.sampler["type"]](**args)

@@ -67,15 +67,3 @@ def run(args: argparse.Namespace) -> int:
     for failure in result.failed:
         print(f"  FAILED {failure['case']}: {failure['error']}")
     return 1 if result.failed else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m data_modules.preprocess_cli lidc --src ...``)."""
-    parser = argparse.ArgumentParser(prog="lungvlm")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

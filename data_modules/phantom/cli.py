@@ -131,15 +131,3 @@ def run(args: argparse.Namespace) -> int:
                 write_preview(case, args.preview)
             progress.advance(task)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m data_modules.phantom.cli ...``)."""
-    parser = argparse.ArgumentParser(prog="lungvlm")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

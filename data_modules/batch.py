@@ -58,6 +58,8 @@ class NoduleSample:
         spacing_mm: (3,) voxel spacing of the fine crop, (z, y, x) in mm.
         patient_id: patient identifier (splits are made per patient).
         meta: free metadata (scanner profile, ids, world centre in mm, ...).
+        qa_kind / qa_question / qa_answer: one question about the crop's nodule and its
+            reference answer (:mod:`lungvlm.text.qa`); "" when the sample has none.
     """
 
     image: Tensor
@@ -79,6 +81,9 @@ class NoduleSample:
     spacing_mm: Tensor
     patient_id: str
     meta: dict[str, Any] = field(default_factory=dict)
+    qa_kind: str = ""
+    qa_question: str = ""
+    qa_answer: str = ""
 
 
 @dataclass
@@ -102,6 +107,10 @@ class LungBatch:
         spacing_mm: (B, 3) float32, (z, y, x) mm.
         patient_id: B strings.
         meta: B dicts.
+        qa_kind / qa_question / qa_answer: B strings ("" where a sample has no question).
+        qa_tokens: (B, T) int64 ``[BOS] Q: question A: answer [EOS]`` ids, or None until tokenised.
+        qa_attention: (B, T) int64 attention mask of ``qa_tokens``.
+        qa_answer_mask: (B, T) bool, True on the answer tokens and [EOS] (the QA loss targets).
     """
 
     image: Tensor
@@ -126,6 +135,12 @@ class LungBatch:
     report_tokens: Tensor | None = None
     report_attention: Tensor | None = None
     token_nodule: Tensor | None = None
+    qa_kind: list[str] | None = None
+    qa_question: list[str] | None = None
+    qa_answer: list[str] | None = None
+    qa_tokens: Tensor | None = None
+    qa_attention: Tensor | None = None
+    qa_answer_mask: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.image.ndim != 5 or self.image.shape[1] != 1:
@@ -172,6 +187,11 @@ class LungBatch:
             self.report_attention is None or self.report_attention.shape != self.report_tokens.shape
         ):
             raise ValueError("report_attention must be given with report_tokens, same shape")
+        for name in ("qa_kind", "qa_question", "qa_answer"):
+            if getattr(self, name) is None:
+                setattr(self, name, [""] * b)
+            elif len(getattr(self, name)) != b:
+                raise ValueError(f"{name} must have B={b} entries; got {len(getattr(self, name))}")
 
     @property
     def batch_size(self) -> int:
@@ -228,6 +248,9 @@ def collate_samples(samples: list[NoduleSample]) -> LungBatch:
         spacing_mm=torch.stack([s.spacing_mm for s in samples]).float(),
         patient_id=[s.patient_id for s in samples],
         meta=[dict(s.meta) for s in samples],
+        qa_kind=[s.qa_kind for s in samples],
+        qa_question=[s.qa_question for s in samples],
+        qa_answer=[s.qa_answer for s in samples],
     )
 
 

@@ -31,6 +31,7 @@ from data_modules.phantom.patch import make_nodule_sample
 from data_modules.transforms import augment, train_augmentation
 from lungvlm.clinical.hu import normalize_hu
 from lungvlm.labels import CONCEPT_NAMES, concept_to_unit, lungrads_index
+from lungvlm.text.qa import sample_qa
 
 SPLIT_OFFSETS: dict[str, int] = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 SEED_STRIDE: int = 3_000_000
@@ -134,6 +135,10 @@ class PhantomNoduleDataset(Dataset):
         nod = d["has_nodule"] and labelled
         malignant = d["malignant"]
         growth = d["growth"] or (0.0, 0.0)
+        qa = None
+        if nod and d["meta"].get("labels") is not None:
+            # One question per sample and epoch (training sees every kind over the epochs).
+            qa = sample_qa(d["meta"]["labels"], np.random.default_rng([seed, 103, self.epoch]))
         return NoduleSample(
             image=image.float(),
             context=context.float(),
@@ -154,6 +159,9 @@ class PhantomNoduleDataset(Dataset):
             spacing_mm=torch.tensor(d["spacing_mm"], dtype=torch.float32),
             patient_id=f"phantom-{seed}",
             meta=dict(d["meta"]),
+            qa_kind=qa.kind if qa else "",
+            qa_question=qa.question if qa else "",
+            qa_answer=qa.answer if qa else "",
         )
 
 

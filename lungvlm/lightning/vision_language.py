@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import CatMetric
 from torchmetrics.classification import BinaryAUROC
@@ -18,9 +19,11 @@ from lungvlm.losses.grounding import mention_grounding_loss_token_grid
 from lungvlm.losses.risk import concept_loss, lungrads_ordinal_loss, malignancy_loss
 from lungvlm.losses.survival import growth_survival_loss, probability_event_by
 from lungvlm.metrics.grounding import HeatmapMassInMask, PointingGame
-from lungvlm.metrics.report import ClinicalConceptF1, ReportTextMetrics
+from lungvlm.metrics.report import ClinicalConceptF1, QuestionAnswerAccuracy, ReportTextMetrics
 from lungvlm.metrics.risk import ConcordanceIndex, lungrads_metrics, malignancy_metrics
+from lungvlm.models.generation import greedy_generate
 from lungvlm.models.grounding import average_attention, token_heatmaps
+from lungvlm.models.report_decoder import IGNORE_INDEX
 from lungvlm.models.vlm import VisionLanguageHeads
 
 #: Prompts of the zero-shot spiculation classifier (positive first).
@@ -44,49 +47,126 @@ class VLForward:
     concepts: object
 
 
+@dataclass(frozen=True)
+class RiskTextSchedule:
+    """Which findings text the risk head reads in a training batch (one draw per batch).
+
+    Attributes:
+        dropout: probability of no text (trains the head's visual-only input).
+        generated: probability of the decoder's own greedy findings for the crop instead of the
+            reference (the inference setting: the head learns how far to trust generated text).
+        max_new_tokens: length limit of that generation, tokens.
+    """
+
+    dropout: float = 0.0
+    generated: float = 0.0
+    max_new_tokens: int = 90
+
+    def draw(self) -> str:
+        """ "none", "generated" or "reference" for one batch."""
+        u = float(torch.rand(()))
+        if u < self.dropout:
+            return "none"
+        return "generated" if u < self.dropout + self.generated else "reference"
+
+
+def generated_report_embedding(
+    heads: VisionLanguageHeads, visual_tokens: Tensor, max_new_tokens: int
+) -> Tensor:
+    """Report embedding (B, d) of the decoder's greedy findings for ``visual_tokens``.
+
+    Generation runs without gradients in eval mode (no dropout); the embedding of the generated
+    ids is differentiable, as for reference text.
+    """
+    decoder = heads.decoder
+    was_training = decoder.training
+    decoder.eval()
+    try:
+        out = greedy_generate(decoder, visual_tokens.detach(), max_new_tokens)
+    finally:
+        decoder.train(was_training)
+    b = visual_tokens.shape[0]
+    bos = torch.full((b, 1), decoder.bos_token_id, dtype=torch.long, device=visual_tokens.device)
+    ids = torch.cat([bos, out.token_ids], 1)
+    attention = torch.cat([torch.ones_like(bos), out.token_mask.long()], 1)
+    return decoder.report_embedding(ids, attention)
+
+
 def vision_language_forward(
-    heads: VisionLanguageHeads, features: list[Tensor], batch, risk_text_dropout: float = 0.0
+    heads: VisionLanguageHeads,
+    features: list[Tensor],
+    batch,
+    risk_text: RiskTextSchedule | None = None,
 ) -> VLForward:
     """Teacher-forced forward of the stage-3 heads on encoder ``features`` and ``batch``.
 
-    With probability ``risk_text_dropout`` (training only) the risk head gets no text for this
-    batch, so its learned "no text" input is trained and visual-only risk is meaningful.
+    In training, ``risk_text`` picks per batch what the risk head reads: the reference
+    findings, no text (so visual-only risk is meaningful) or the decoder's own generated
+    findings (so risk from generated text, the inference setting, is trained).
     """
     tokens, geometry = heads.visual_tokens(features)
     dec = heads.decoder(batch.report_tokens, batch.report_attention, tokens, output_attentions=True)
     pooled = heads.pooled_visual(features)
-    drop_text = (
-        heads.training and risk_text_dropout > 0 and float(torch.rand(())) < risk_text_dropout
-    )
+    choice = risk_text.draw() if (heads.training and risk_text is not None) else "reference"
     # The risk head reads the findings text (never the impression, which names the category).
     text = heads.decoder.report_embedding(batch.report_tokens, batch.report_attention)
+    risk_input = {"reference": text, "none": None}.get(choice)
+    if choice == "generated":
+        max_new = min(risk_text.max_new_tokens, heads.max_length - 1)
+        risk_input = generated_report_embedding(heads, tokens, max_new)
     forward = VLForward(
         pooled=pooled,
         text_embedding=text,
         cross_attentions=dec.cross_attentions,
         geometry=geometry,
         visual_tokens=tokens,
-        risk=heads.risk_head(pooled, None if drop_text else text),
+        risk=heads.risk_head(pooled, risk_input),
         concepts=heads.concept_head(pooled),
     )
     forward.report_loss = dec.loss
     return forward
 
 
+def question_answer_loss(heads: VisionLanguageHeads, visual_tokens: Tensor, batch) -> Tensor:
+    """Cross-entropy (nats/token) of the reference answers given ``Q: ... A:`` and the crop.
+
+    Only answer tokens (and their [EOS]) are targets; rows without a question are ignored.
+    Returns 0 (with a graph) when the batch has no question.
+    """
+    zero = visual_tokens.sum() * 0.0
+    mask = getattr(batch, "qa_answer_mask", None)
+    if mask is None or not bool(mask.any()):
+        return zero
+    length = int(batch.qa_attention.sum(1).max())
+    ids, attention = batch.qa_tokens[:, :length], batch.qa_attention[:, :length]
+    rows = mask.any(1)
+    dec = heads.decoder(ids[rows], attention[rows], visual_tokens[rows], output_attentions=False)
+    targets = ids[rows][:, 1:].masked_fill(~mask[rows][:, 1:length], IGNORE_INDEX)
+    return F.cross_entropy(
+        dec.logits[:, :-1].reshape(-1, dec.logits.shape[-1]).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+    )
+
+
 def vision_language_losses(
-    heads: VisionLanguageHeads, features: list[Tensor], batch, risk_text_dropout: float = 0.0
+    heads: VisionLanguageHeads,
+    features: list[Tensor],
+    batch,
+    risk_text: RiskTextSchedule | None = None,
 ):
     """Named stage-3 losses (segmentation excluded) and the forward outputs.
 
     Returns:
-        (losses, forward): ``losses`` maps "report", "contrastive", "grounding",
+        (losses, forward): ``losses`` maps "report", "qa", "contrastive", "grounding",
         "malignancy", "lungrads", "growth", "concepts" to scalars; absent labels are masked.
     """
-    fwd = vision_language_forward(heads, features, batch, risk_text_dropout)
+    fwd = vision_language_forward(heads, features, batch, risk_text)
     risk = fwd.risk
     zero = fwd.pooled.sum() * 0.0
     losses = {
         "report": fwd.report_loss if fwd.report_loss is not None else zero,
+        "qa": question_answer_loss(heads, fwd.visual_tokens, batch),
         "contrastive": heads.contrastive(fwd.pooled, fwd.text_embedding)
         if fwd.pooled.shape[0] > 1
         else zero,
@@ -134,6 +214,7 @@ class VisionLanguageMetrics(nn.Module):
         self.visual_embeddings = CatMetric()
         self.text_embeddings = CatMetric()
         self.zero_shot = BinaryAUROC()
+        self.qa = QuestionAnswerAccuracy()
 
     def compute(self) -> dict[str, Tensor]:
         """All values keyed ``task/metric`` (the caller adds the split)."""
@@ -158,6 +239,8 @@ class VisionLanguageMetrics(nn.Module):
             sim = visual @ text_emb.T
             out["retrieval/recall_at_1"] = retrieval_recall_at_k(sim, 1)
             out["retrieval/recall_at_5"] = retrieval_recall_at_k(sim, min(5, sim.shape[0]))
+        if bool(self.qa.total.sum() > 0):
+            out.update({f"qa/accuracy_{k}": v for k, v in self.qa.compute().items()})
         try:
             out["zero_shot/spiculation_auroc"] = self.zero_shot.compute()
         except (ValueError, RuntimeError):

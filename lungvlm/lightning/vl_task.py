@@ -14,6 +14,7 @@ from lungvlm.lightning.language import crop_findings_corpus, pretrain_language
 from lungvlm.lightning.vision_language import (
     SPICULATED_UNIT_THRESHOLD,
     ZERO_SHOT_PROMPTS,
+    RiskTextSchedule,
     VisionLanguageMetrics,
     concept_index,
     growth_risk_score,
@@ -24,8 +25,11 @@ from lungvlm.lightning.vision_language import (
 from lungvlm.models.generation import greedy_generate
 from lungvlm.models.vlm import VisionLanguageHeads
 from lungvlm.text.corpus import build_report_corpus
+from lungvlm.text.qa import qa_prompt
 from lungvlm.text.tokenizer import (
     char_spans_to_token_labels,
+    encode_prompt,
+    encode_qa,
     encode_reports,
     save_tokenizer,
     train_tokenizer,
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 #: Names of the stage-3 losses besides segmentation (keys of ``model.loss_weights``).
 VL_LOSS_NAMES: tuple[str, ...] = (
     "report",
+    "qa",
     "contrastive",
     "grounding",
     "malignancy",
@@ -58,6 +63,9 @@ class VisionLanguageConfig:
         language_pretrain_steps: text-only causal-LM steps of the decoder before stage 3 (0: off).
         language_pretrain_texts: crop-style findings texts rendered for language pretraining.
         risk_text_dropout: probability per training batch that the risk head sees no text.
+        risk_generated_text: probability per training batch that the risk head reads the
+            decoder's own greedy findings instead of the reference (the inference setting).
+        qa_max_new_tokens: longest generated answer to a question in validation, tokens.
     """
 
     tokenizer_corpus_size: int = 2000
@@ -68,6 +76,8 @@ class VisionLanguageConfig:
     language_pretrain_steps: int = 0
     language_pretrain_texts: int = 4000
     risk_text_dropout: float = 0.0
+    risk_generated_text: float = 0.0
+    qa_max_new_tokens: int = 48
 
 
 class VisionLanguageTask(nn.Module):
@@ -129,16 +139,19 @@ class VisionLanguageTask(nn.Module):
         ]
         batch.report_tokens, batch.report_attention = ids, attention
         batch.token_nodule = torch.stack(labels)
+        prompts = [qa_prompt(q) if q else "" for q in batch.qa_question]
+        batch.qa_tokens, batch.qa_attention, batch.qa_answer_mask = encode_qa(
+            self.tokenizer, prompts, batch.qa_answer, length
+        )
 
     # ---------------------------------------------------------------- losses / metrics
     def losses(self, features: list[Tensor], batch):
         """Named stage-3 losses and the forward outputs (see :func:`vision_language_losses`)."""
-        return vision_language_losses(
-            self.heads,
-            features,
-            batch,
-            self.config.risk_text_dropout if self.heads.training else 0.0,
+        cfg = self.config
+        schedule = RiskTextSchedule(
+            cfg.risk_text_dropout, cfg.risk_generated_text, cfg.generation_max_new_tokens
         )
+        return vision_language_losses(self.heads, features, batch, schedule)
 
     def _embed_texts(self, texts: list[str], device) -> Tensor:
         ids, attention = encode_reports(self.tokenizer, texts, self.heads.max_length)
@@ -190,11 +203,58 @@ class VisionLanguageTask(nn.Module):
             if bool(known.any()):
                 target = (batch.concepts[nodule, k] >= SPICULATED_UNIT_THRESHOLD).long()
                 metrics.zero_shot.update(probs[known].float(), target[known])
+        answers = self._answer_questions(fwd.visual_tokens, batch)
+        asked = [i for i, q in enumerate(batch.qa_question) if q]
+        if asked:
+            metrics.qa.update(
+                [batch.qa_kind[i] for i in asked],
+                [answers[i] for i in asked],
+                [batch.qa_answer[i] for i in asked],
+            )
         if keep_samples:
             n = self.config.num_sample_reports
+            qa = [
+                (batch.qa_question[i], batch.qa_answer[i], answers[i]) if batch.qa_question[i]
+                else None
+                for i in range(len(batch.patient_id))
+            ]  # fmt: skip
             self.samples[split] = list(
-                zip(batch.patient_id[:n], batch.report_text[:n], generated[:n], strict=True)
-            )
+                zip(
+                    batch.patient_id[:n], batch.report_text[:n], generated[:n], qa[:n],
+                    strict=True,
+                )
+            )  # fmt: skip
+
+    def answer_question(
+        self, visual_tokens: Tensor, question: str, max_new_tokens: int | None = None
+    ):
+        """Greedy answer to ``question`` about one crop.
+
+        Args:
+            visual_tokens: (1, N, d_model) visual tokens of the crop.
+            question: the question text (any wording; see :mod:`lungvlm.text.qa`).
+            max_new_tokens: answer length limit (default ``config.qa_max_new_tokens``).
+
+        Returns:
+            The :class:`~lungvlm.models.generation.GenerationOutput` of the answer (its
+            ``sequences[0]`` is the text; ``cross_attentions`` give the answer's heatmaps).
+        """
+        prefix = encode_prompt(self.tokenizer, qa_prompt(question)).to(visual_tokens.device)
+        room = self.heads.max_length - prefix.shape[1]
+        if room < 1:
+            raise ValueError(f"the question {question!r} is too long for the decoder")
+        limit = min(max_new_tokens or self.config.qa_max_new_tokens, room)
+        return greedy_generate(
+            self.heads.decoder, visual_tokens, limit, tokenizer=self.tokenizer, prefix_ids=prefix
+        )
+
+    def _answer_questions(self, visual_tokens: Tensor, batch) -> list[str]:
+        """Generated answer of every sample's question ("" where it has none)."""
+        answers = [""] * len(batch.qa_question)
+        for i, question in enumerate(batch.qa_question):
+            if question:
+                answers[i] = self.answer_question(visual_tokens[i : i + 1], question).sequences[0]
+        return answers
 
     def compute_metrics(self, split: str) -> dict[str, Tensor]:
         """Compute and reset the metrics of ``split``; keys are ``task/metric``."""
@@ -211,7 +271,7 @@ class VisionLanguageTask(nn.Module):
         if not samples:
             return None
         lines = [f"# {split} samples, epoch {epoch}", ""]
-        for patient, reference, generated in samples:
+        for patient, reference, generated, qa in samples:
             lines += [
                 f"## {patient}",
                 "",
@@ -224,6 +284,14 @@ class VisionLanguageTask(nn.Module):
                 generated or "_(empty)_",
                 "",
             ]
+            if qa is not None:
+                question, expected, answer = qa
+                lines += [
+                    f"**Q:** {question}  ",
+                    f"**Reference answer:** {expected}  ",
+                    f"**Generated answer:** {answer or '_(empty)_'}",
+                    "",
+                ]
         text = "\n".join(lines)
         folder = Path(run_dir) / "samples"
         folder.mkdir(parents=True, exist_ok=True)

@@ -305,3 +305,44 @@ def retrieval_recall_at_k(similarity: Tensor, k: int, targets: Tensor | None = N
     true_score = similarity.gather(1, targets[:, None].to(torch.int64))  # (Q, 1)
     rank = (similarity >= true_score).sum(dim=1) - 1  # others scoring >= the true item
     return (rank < k).to(torch.float32).mean()
+
+
+class QuestionAnswerAccuracy(Metric):
+    """Accuracy of generated answers per question kind (:mod:`lungvlm.text.qa`).
+
+    ``update(kinds, answers, references)`` scores each generated answer against its reference
+    answer with :func:`lungvlm.text.qa.answers_agree`; ``compute()`` returns ``{kind: accuracy}``
+    for the kinds seen plus ``"overall"`` (NaN when nothing was scored). Counts are summed
+    across processes.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        from lungvlm.text.qa import QUESTION_KINDS
+
+        self.kinds = QUESTION_KINDS
+        k = len(QUESTION_KINDS)
+        self.add_state("correct", default=torch.zeros(k), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros(k), dist_reduce_fx="sum")
+
+    def update(self, kinds: Sequence[str], answers: Sequence[str], references: Sequence[str]):
+        """Score ``answers`` against ``references`` for questions of ``kinds``."""
+        from lungvlm.text.qa import answers_agree
+
+        for kind, answer, reference in zip(kinds, answers, references, strict=True):
+            i = self.kinds.index(kind)
+            self.total[i] += 1
+            self.correct[i] += float(answers_agree(kind, answer, reference))
+
+    def compute(self) -> dict[str, Tensor]:
+        """``{kind: accuracy}`` for kinds with at least one question, plus ``overall``."""
+        out = {
+            kind: self.correct[i] / self.total[i]
+            for i, kind in enumerate(self.kinds)
+            if self.total[i] > 0
+        }
+        total = self.total.sum()
+        out["overall"] = self.correct.sum() / total if total > 0 else torch.tensor(math.nan)
+        return out

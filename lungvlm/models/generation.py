@@ -107,23 +107,40 @@ def greedy_generate(
     visual_mask: Tensor | None = None,
     use_cache: bool = True,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    prefix_ids: Tensor | None = None,
 ) -> GenerationOutput:
     """Greedy decoding from ``[BOS]`` until every sequence has emitted ``[EOS]`` or the limit.
 
     Args:
         decoder: the report decoder (put it in eval mode for deterministic output).
         visual_tokens: (B, N, d_model).
-        max_new_tokens: most tokens generated after ``[BOS]``.
+        max_new_tokens: most tokens generated after ``[BOS]`` (after the prefix, if given).
         visual_mask: optional (B, N).
         use_cache: reuse keys/values (see module docstring); False re-runs the whole prefix each
             step (reference path for tests).
         tokenizer: optional tokenizer to decode ``sequences``.
+        prefix_ids: optional (B, P) prompt starting with ``[BOS]`` (e.g. ``Q: ... A:``); the
+            output holds only the tokens generated after it. Prompt + output must fit in
+            ``decoder.max_length``.
     """
     _check(decoder, visual_tokens, max_new_tokens)
     b = visual_tokens.shape[0]
-    sequence = torch.full(
-        (b, 1), decoder.bos_token_id, dtype=torch.long, device=visual_tokens.device
-    )
+    if prefix_ids is None:
+        sequence = torch.full(
+            (b, 1), decoder.bos_token_id, dtype=torch.long, device=visual_tokens.device
+        )
+    else:
+        if prefix_ids.ndim != 2 or prefix_ids.shape[0] != b:
+            raise ValueError(f"prefix_ids must be (B={b}, P); got {tuple(prefix_ids.shape)}")
+        if not bool((prefix_ids[:, 0] == decoder.bos_token_id).all()):
+            raise ValueError("prefix_ids must start with [BOS]")
+        if prefix_ids.shape[1] + max_new_tokens > decoder.max_length:
+            raise ValueError(
+                f"prompt ({prefix_ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) "
+                f"exceed the decoder's max_length {decoder.max_length}"
+            )
+        sequence = prefix_ids.to(visual_tokens.device).long()
+    start = sequence.shape[1]
     done = torch.zeros(b, dtype=torch.bool, device=visual_tokens.device)
     score = torch.zeros(b, device=visual_tokens.device)
     entropies, steps_attention, cache = [], [], None
@@ -141,7 +158,9 @@ def greedy_generate(
         if bool(done.all()):
             break
     per_layer = tuple(torch.stack(a, dim=2) for a in zip(*steps_attention, strict=True))
-    return _finish(decoder, sequence[:, 1:], torch.stack(entropies, 1), per_layer, score, tokenizer)
+    return _finish(
+        decoder, sequence[:, start:], torch.stack(entropies, 1), per_layer, score, tokenizer
+    )
 
 
 @torch.no_grad()

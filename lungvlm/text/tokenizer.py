@@ -166,6 +166,59 @@ def encode_reports(
     return encoded["input_ids"].long(), encoded["attention_mask"].long()
 
 
+def encode_prompt(tokenizer: PreTrainedTokenizerFast, prompt: str) -> Tensor:
+    """``[BOS] prompt`` as (1, P) int64 ids: the prefix a question answer is generated from."""
+    bos = tokenizer.convert_tokens_to_ids(BOS_TOKEN)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return torch.tensor([[bos, *ids]], dtype=torch.int64)
+
+
+def encode_qa(
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    max_length: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Encode question/answer pairs as ``[BOS] prompt answer [EOS]`` for the decoder.
+
+    The prompt and the answer (after one space) are encoded separately and joined, so the
+    prompt's tokens are exactly what :func:`encode_prompt` gives at inference. Rows whose
+    prompt is "" hold only ``[BOS]`` and have no answer tokens. Answers are cut so the row
+    fits ``max_length`` (the prompt is kept whole).
+
+    Returns:
+        ids: (B, T) int64, right-padded with ``[PAD]``, T = ``max_length``.
+        attention: (B, T) int64, 1 for real tokens.
+        answer_mask: (B, T) bool, True on the answer tokens and their ``[EOS]``.
+
+    Raises:
+        ValueError: if the lists differ in length or a prompt alone does not fit.
+    """
+    _check_max_length(max_length)
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    pad, bos, eos = (tokenizer.convert_tokens_to_ids(t) for t in (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN))
+    ids = torch.full((len(prompts), max_length), pad, dtype=torch.int64)
+    attention = torch.zeros_like(ids)
+    answer_mask = torch.zeros(ids.shape, dtype=torch.bool)
+    for row, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        ids[row, 0], attention[row, 0] = bos, 1
+        if not prompt:
+            continue
+        head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if 1 + len(head) + 2 > max_length:
+            raise ValueError(
+                f"prompt {prompt!r} ({len(head)} tokens) does not fit max_length={max_length}"
+            )
+        tail = tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"]
+        tail = [*tail[: max_length - 2 - len(head)], eos]
+        row_ids = [bos, *head, *tail]
+        ids[row, : len(row_ids)] = torch.tensor(row_ids)
+        attention[row, : len(row_ids)] = 1
+        answer_mask[row, 1 + len(head) : len(row_ids)] = True
+    return ids, attention, answer_mask
+
+
 def char_spans_to_token_labels(
     tokenizer: PreTrainedTokenizerFast,
     text: str,
@@ -228,6 +281,8 @@ __all__ = [
     "SPECIAL_TOKENS",
     "UNK_TOKEN",
     "char_spans_to_token_labels",
+    "encode_prompt",
+    "encode_qa",
     "encode_reports",
     "load_tokenizer",
     "save_tokenizer",

@@ -138,6 +138,61 @@ def sentence_token_groups(
     return [(text[s:e].strip(), g) for (s, e), g in zip(bounds, groups, strict=True)]
 
 
+@dataclass
+class NoduleCrops:
+    """One nodule's crops through the encoder.
+
+    Attributes:
+        fine: the fine crop (D, H, W), normalised intensities.
+        features: encoder feature maps, finest first.
+        visual_tokens: (1, N, d_model) decoder visual tokens.
+        geometry: token geometry (for back-projecting attention to heatmaps).
+        crop_start_vox: prepared-grid index (z, y, x) of the fine crop's voxel (0, 0, 0).
+    """
+
+    fine: NDArray[np.float32]
+    features: list
+    visual_tokens: torch.Tensor
+    geometry: object
+    crop_start_vox: tuple[int, int, int]
+
+
+@torch.no_grad()
+def encode_nodule(
+    model,
+    prepared_image: NDArray[np.float32],
+    centre_vox: Sequence[float],
+    crop_size_vox: int,
+    context_scale: float,
+    normalization: dict[str, float],
+) -> NoduleCrops:
+    """Fine + context crops around ``centre_vox`` (prepared grid) through the encoder and the
+    visual tokenizer (step 1 of the module docstring); see :func:`run_nodule_heads` for args."""
+    heads = model.vl_heads
+    device = next(model.parameters()).device
+    pad = float(normalize_hu(np.float32(AIR_HU), normalization["hu_min"], normalization["hu_max"]))
+    fine = sample_crop(prepared_image, centre_vox, crop_size_vox, 1.0, pad)
+    context = sample_crop(prepared_image, centre_vox, crop_size_vox, context_scale, pad)
+    image_t = torch.from_numpy(fine)[None, None].to(device)  # (1, 1, D, H, W)
+    context_t = torch.from_numpy(context)[None, None].to(device)
+    use_context = getattr(model.encoder, "use_context", False)
+    features = model.encoder(image_t, context_t if use_context else None)
+    tokens, geometry = heads.visual_tokens(features)
+    return NoduleCrops(fine, features, tokens, geometry, crop_start(centre_vox, crop_size_vox))
+
+
+def answer_heatmap(gen, crops: NoduleCrops) -> NDArray[np.float32]:
+    """Heatmap (fine-crop grid) of a generated answer: the layer- and head-averaged
+    cross-attention of its tokens, back-projected to voxels (sums to 1; zeros if empty)."""
+    length = int(gen.token_mask[0].sum())
+    if length == 0:
+        return np.zeros(crops.fine.shape, np.float32)
+    attention = average_attention(gen.cross_attentions, "mean", "mean")[:, :length]
+    pooled = attention.mean(dim=1, keepdim=True)  # (1, 1, N)
+    heat = token_heatmaps(pooled, crops.geometry, crops.fine.shape)[0, 0]
+    return heat.cpu().numpy().astype(np.float32)
+
+
 @torch.no_grad()
 def run_nodule_heads(
     model,
@@ -174,14 +229,15 @@ def run_nodule_heads(
     max_new = min(limit, max_new_tokens or model.vl_config.generation_max_new_tokens)
     device = next(model.parameters()).device
     start_t = time.perf_counter()
-    pad = float(normalize_hu(np.float32(AIR_HU), normalization["hu_min"], normalization["hu_max"]))
-    fine = sample_crop(prepared_image, centre_vox, crop_size_vox, 1.0, pad)
-    context = sample_crop(prepared_image, centre_vox, crop_size_vox, context_scale, pad)
-    image_t = torch.from_numpy(fine)[None, None].to(device)  # (1, 1, D, H, W)
-    context_t = torch.from_numpy(context)[None, None].to(device)
-    use_context = getattr(model.encoder, "use_context", False)
-    features = model.encoder(image_t, context_t if use_context else None)
-    tokens, geometry = heads.visual_tokens(features)
+    crops = encode_nodule(
+        model, prepared_image, centre_vox, crop_size_vox, context_scale, normalization
+    )
+    fine, features, tokens, geometry = (
+        crops.fine,
+        crops.features,
+        crops.visual_tokens,
+        crops.geometry,
+    )
     heads_s = time.perf_counter() - start_t
 
     start_t = time.perf_counter()

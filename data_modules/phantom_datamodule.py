@@ -1,9 +1,10 @@
 """LightningDataModule of nodule-centred phantom crops (the built-in data set).
 
 Samples come from :func:`data_modules.phantom.patch.make_nodule_sample`: a fraction
-``positive_fraction`` are centred (with small jitter) on a nodule, the rest are random lung
-locations without a nodule (segmentation target all zeros; risk, growth and concept labels
-absent). Splits use disjoint seed ranges (train ``0..``, val ``1_000_000..``, test
+``positive_fraction`` are centred (with small jitter) on a nodule, the rest are nodule-free
+crops (segmentation target all zeros; risk, growth and concept labels absent) centred on a
+random lung point or, for a fraction ``hard_negative_fraction`` of them, on a pulmonary vessel
+(hard negatives: what a detector trained on nodule-centred crops mistakes for nodules). Splits use disjoint seed ranges (train ``0..``, val ``1_000_000..``, test
 ``2_000_000..``, shifted by ``3_000_000 * seed``); sample ``i`` of a split always has seed
 ``base + i``, so val/test are identical every epoch. Training augmentation (torchio) is drawn
 from a torch generator seeded by (sample seed, epoch); the epoch is advanced by
@@ -45,9 +46,11 @@ def split_seed_base(split: str, seed: int) -> int:
     return SPLIT_OFFSETS[split] + SEED_STRIDE * int(seed)
 
 
-def _stored_sample(seed: int, config: PhantomConfig, positive: bool) -> dict[str, Any]:
+def _stored_sample(
+    seed: int, config: PhantomConfig, positive: bool, negative_site: str = "lung"
+) -> dict[str, Any]:
     """Render one sample and reduce it to what a NoduleSample needs (normalised crops)."""
-    s = make_nodule_sample(seed, config, positive=positive)
+    s = make_nodule_sample(seed, config, positive=positive, negative_site=negative_site)
     lab = s["labels"]
     concepts = np.zeros(len(CONCEPT_NAMES), np.float32)
     if lab is not None:
@@ -72,6 +75,7 @@ def _stored_sample(seed: int, config: PhantomConfig, positive: bool) -> dict[str
             "world_centre_lps_mm": list(s["centre_lps_mm"]),
             "template": s["template"],
             "positive": bool(positive),
+            "negative_site": None if positive else negative_site,
             "labels": None if lab is None else lab.to_dict(),
         },
     }
@@ -90,26 +94,40 @@ class PhantomNoduleDataset(Dataset):
         label_fraction: float = 1.0,
         augment: bool = False,
         cache_dir: str | Path | None = None,
+        hard_negative_fraction: float = 0.0,
     ) -> None:
         self.seed_base, self.n, self.config = int(seed_base), int(n), config
         self.positive_fraction, self.label_fraction = positive_fraction, label_fraction
+        self.hard_negative_fraction = hard_negative_fraction
         self.transform = train_augmentation() if augment else None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.epoch = 0
-        key = json.dumps([CACHE_VERSION, repr(config), positive_fraction], sort_keys=True)
-        self._cache_key = hashlib.sha1(key.encode()).hexdigest()[:12]
 
     def __len__(self) -> int:
         return self.n
 
+    def sample_kind(self, seed: int) -> str:
+        """ "positive", or the negative site ("lung"/"vessel") of sample ``seed``."""
+        if np.random.default_rng([seed, 101]).random() < self.positive_fraction:
+            return "positive"
+        hard = np.random.default_rng([seed, 104]).random() < self.hard_negative_fraction
+        return "vessel" if hard else "lung"
+
+    def _cache_path(self, seed: int, kind: str) -> Path:
+        # Keyed per sample by what it renders, so data modules with other fractions share it.
+        key = json.dumps([CACHE_VERSION, repr(self.config), kind], sort_keys=True)
+        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+        return self.cache_dir / f"phantom-{digest}-{seed}.pt"
+
     def _load(self, seed: int) -> dict[str, Any]:
-        positive = bool(np.random.default_rng([seed, 101]).random() < self.positive_fraction)
+        kind = self.sample_kind(seed)
+        positive, site = kind == "positive", "lung" if kind == "positive" else kind
         if self.cache_dir is None:
-            return _stored_sample(seed, self.config, positive)
-        path = self.cache_dir / f"phantom-{self._cache_key}-{seed}.pt"
+            return _stored_sample(seed, self.config, positive, site)
+        path = self._cache_path(seed, kind)
         if path.is_file():
             return torch.load(path, weights_only=False)
-        data = _stored_sample(seed, self.config, positive)
+        data = _stored_sample(seed, self.config, positive, site)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
         os.close(fd)
@@ -177,6 +195,8 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
         n_val: number of validation samples.
         n_test: number of test samples.
         positive_fraction: fraction of samples centred on a nodule (the rest have none).
+        hard_negative_fraction: fraction of the nodule-free samples centred on a pulmonary
+            vessel (hard negatives) instead of a random lung point.
         batch_size: samples per batch.
         num_workers: DataLoader worker processes.
         persistent_workers: keep workers alive between epochs (needs num_workers > 0).
@@ -198,6 +218,7 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
         n_val: int = 64,
         n_test: int = 64,
         positive_fraction: float = 0.8,
+        hard_negative_fraction: float = 0.0,
         batch_size: int = 8,
         num_workers: int = 0,
         persistent_workers: bool = False,
@@ -217,6 +238,7 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
             )
         for name, value in (
             ("positive_fraction", positive_fraction),
+            ("hard_negative_fraction", hard_negative_fraction),
             ("label_fraction", label_fraction),
         ):
             if not 0.0 <= value <= 1.0:
@@ -258,6 +280,7 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
                 n,
                 self.config,
                 positive_fraction=hp.positive_fraction,
+                hard_negative_fraction=hp.hard_negative_fraction,
                 label_fraction=hp.label_fraction if split == "train" else 1.0,
                 augment=hp.augment and split == "train",
                 cache_dir=hp.cache_dir,

@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from data_modules.phantom.anatomy import (
     LOBE_NAMES,
@@ -29,7 +30,7 @@ from data_modules.phantom.generator import PhantomConfig, _draw_specs
 from data_modules.phantom.grid import Grid
 from data_modules.phantom.labels import measure_labels
 from data_modules.phantom.nodules import render_nodule
-from data_modules.phantom.render import render_anatomy
+from data_modules.phantom.render import render_anatomy, vessel_tree
 from data_modules.phantom.report import exam_findings, findings_spans, render
 from data_modules.phantom.scanner import apply_profile, draw_profile
 
@@ -58,8 +59,31 @@ def _render(geom, grid, spec, profile, rng, scanner: bool):
     return image, occ, anatomy
 
 
+#: Where a nodule-free crop is centred: a random lung point, or a point on a pulmonary vessel
+#: (a hard negative: vessels and their branch points are what a nodule detector confuses).
+NEGATIVE_SITES: tuple[str, ...] = ("lung", "vessel")
+#: Vessel segments thinner than this (mm radius) are not used as hard-negative sites.
+MIN_VESSEL_RADIUS_MM: float = 1.0
+
+
+def random_vessel_point(geom, rng: np.random.Generator) -> NDArray[np.float64]:
+    """A uniformly drawn point on the axis of a pulmonary vessel of radius >= 1 mm (LPS mm)."""
+    tree = vessel_tree(geom)
+    radius = np.minimum(tree.radius_start, tree.radius_end)
+    candidates = np.flatnonzero(radius >= MIN_VESSEL_RADIUS_MM)
+    if candidates.size == 0:
+        return _random_lung_point(geom, rng)
+    i = int(candidates[rng.integers(candidates.size)])
+    t = float(rng.random())
+    return tree.start[i] + t * (tree.end[i] - tree.start[i])
+
+
 def make_nodule_sample(
-    seed: int, config: PhantomConfig | None = None, *, positive: bool = True
+    seed: int,
+    config: PhantomConfig | None = None,
+    *,
+    positive: bool = True,
+    negative_site: str = "lung",
 ) -> dict[str, Any]:
     """Render a nodule-centred (or, with ``positive=False``, nodule-free) lung crop.
 
@@ -68,6 +92,7 @@ def make_nodule_sample(
         config: generator settings (crop grid ``patch_shape_vox`` at ``patch_spacing_mm``,
             ``context_scale``, ``jitter_mm``, ``shape_source``).
         positive: place a nodule near the crop centre (jittered by up to ``jitter_mm``).
+        negative_site: centre of a nodule-free crop, one of :data:`NEGATIVE_SITES`.
 
     Returns:
         A dict with ``image_hu`` (z, y, x) float32, ``soft_mask`` (occupancy in [0, 1]),
@@ -78,6 +103,8 @@ def make_nodule_sample(
         ``template`` and ``seed``.
     """
     config = config or PhantomConfig()
+    if negative_site not in NEGATIVE_SITES:
+        raise ValueError(f"negative_site={negative_site!r} is not one of {NEGATIVE_SITES}")
     rng = np.random.default_rng([seed, 7])
     template = int(rng.integers(config.n_templates))
     geom = template_geometry(template, config.z_extent_mm)
@@ -94,6 +121,8 @@ def make_nodule_sample(
         centre = np.asarray(spec.centre_lps_mm) + rng.uniform(
             -config.jitter_mm, config.jitter_mm, 3
         )
+    elif negative_site == "vessel":
+        centre = random_vessel_point(geom, rng)
     else:
         centre = _random_lung_point(geom, rng)
     sp = float(config.patch_spacing_mm)

@@ -1,0 +1,361 @@
+"""``lungvlm evaluate-reports``: whole-exam report evaluation on phantom chests (issue 7).
+
+This module is CLI wiring, so it may import ``data_modules``; the scores are pure functions in
+:mod:`lungvlm.inference.report_eval` (conventions there). Per seed: the phantom case is rendered
+in process (:func:`data_modules.phantom.generate_case`; with ``--follow-up-months M`` the
+follow-up scan :func:`~data_modules.phantom.generate_follow_up` with noise seed ``seed + 7919``
+as ``lungvlm phantom --follow-up`` does, reported with the baseline as prior, interval
+``M x 30.4375`` days), written as a DICOM series into a temporary folder and run through the
+steps of ``lungvlm report`` (read, lung mask, analysis, report assembly, outputs into
+``OUT/cases/<case>/``). The model is loaded once. Outputs: ``OUT/report_eval.json`` (settings,
+summary, every case row) and ``OUT/report_eval.md``, written atomically.
+
+Resume: a case whose ``OUT/cases/<case>/report.json`` and ``case_eval.json`` exist, with the same
+settings (checkpoint file and modification time, cascade mode, size, follow-up), is not run
+again; its stored row is re-scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from data_modules.lung_mask import lung_mask
+from data_modules.phantom import PhantomConfig, generate_case, generate_follow_up
+from data_modules.phantom.labels import DAYS_PER_MONTH
+from data_modules.phantom.report import exam_findings, render
+from data_modules.phantom.writers import write_dicom_series
+from lungvlm.export.schema import ExamReport, Source
+from lungvlm.export.writer import write_text_atomic
+from lungvlm.inference.evaluate_cli import DEFAULT_SEEDS, parse_seeds, write_json_atomic
+from lungvlm.inference.report_analysis import ReportModel, load_report_model, segment_volume
+from lungvlm.inference.report_cli import read_scan
+from lungvlm.inference.report_eval import (
+    detection_record,
+    nodule_concepts,
+    reference_concepts,
+    score_case,
+    summarize,
+)
+from lungvlm.inference.report_pipeline import PriorScan, generate_report
+
+log = logging.getLogger(__name__)
+
+CASCADE_MODES = ("on", "off", "compare")
+PHANTOM_SIZES = ("default", "tiny")
+#: Noise seed offset of a follow-up scan (as ``lungvlm phantom --follow-up``).
+FOLLOW_UP_SEED_OFFSET = 7919
+CASE_RESULT_FILE = "case_eval.json"
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser | None:
+    """Add the ``evaluate-reports`` subcommand (once, however often called)."""
+    if "evaluate-reports" in subparsers.choices:
+        return None
+    parser = subparsers.add_parser(
+        "evaluate-reports",
+        help="score whole-exam reports on phantom chests (detection, Lung-RADS, concept F1)",
+        description=(
+            "Run `lungvlm report` on phantom DICOM series (seeds START:STOP, STOP excluded) and "
+            "score detection, exam Lung-RADS, concept F1, growth and VDT, and step timings."
+        ),
+    )
+    parser.add_argument("--ckpt", type=Path, required=True, help="stage-3 checkpoint")
+    parser.add_argument("--phantom-seeds", default=DEFAULT_SEEDS,
+                        help=f"START:STOP (default {DEFAULT_SEEDS}, the test split)")  # fmt: skip
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--follow-up-months", type=float, default=None,
+                        help="report a follow-up scan MONTHS later with the baseline as prior")  # fmt: skip
+    parser.add_argument("--cascade", choices=CASCADE_MODES, default="on",
+                        help="adaptive-resolution cascade; compare also runs the full pass")  # fmt: skip
+    parser.add_argument("--size", choices=PHANTOM_SIZES, default="default", help="phantom size")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def case_name(seed: int, follow_up_months: float | None) -> str:
+    """``phantom-<seed>`` or ``phantom-<seed>-fu<M>m`` (the names of ``lungvlm phantom``)."""
+    return (
+        f"phantom-{seed}" if follow_up_months is None else f"phantom-{seed}-fu{follow_up_months:g}m"
+    )
+
+
+def reference_from_case(case) -> dict:
+    """Truth of a :class:`~data_modules.phantom.PhantomCase`: nodules (centre LPS mm, mean
+    diameter mm, Lung-RADS, change status, VDT days or None when infinite, concept fields), the
+    exam category, emphysema grade and the reference findings text."""
+    findings = exam_findings(case.nodules, case.laa950_percent)
+    text = case.findings_text or render(findings, seed=case.seed).findings_text
+    concepts = reference_concepts(text, len(case.nodules))
+    if concepts is None:  # the parser split the report differently: read nodule by nodule
+        log.warning("phantom %s: reference nodules parsed one at a time", case.seed)
+        concepts = [
+            reference_concepts(render(exam_findings([n], None), seed=case.seed).findings_text, 1)
+            or [{}]
+            for n in case.nodules
+        ]
+        concepts = [c[0] for c in concepts]
+    return {
+        "exam_category": findings.impression.category,
+        "emphysema": findings.emphysema,
+        "findings_text": text,
+        "nodules": [
+            {
+                "centre_lps_mm": list(n.centroid_lps_mm),
+                "mean_diameter_mm": n.mean_diameter_mm,
+                "lungrads_category": n.lungrads_category,
+                "attenuation": n.attenuation,
+                "status": None if n.change is None else n.change["status"],
+                "vdt_days": n.vdt_days if math.isfinite(n.vdt_days) else None,
+                "concepts": c,
+            }
+            for n, c in zip(case.nodules, concepts, strict=True)
+        ],
+    }
+
+
+def report_fields(report: ExamReport) -> dict:
+    """What the written report states, in the shape :func:`score_case` reads."""
+    nodules = []
+    for n in report.nodules:
+        text = " ".join(s.text.strip() for s in n.sentences)
+        nodules.append({
+            "index": n.index,
+            "centre_lps_mm": list(n.centroid_world_lps_mm),
+            "mean_diameter_mm": n.mean_diameter_mm,
+            "lungrads_category": n.lungrads_category,
+            "status": None if n.comparison is None else n.comparison.status,
+            "vdt_days": None if n.comparison is None else n.comparison.vdt_days,
+            "text": text,
+            "concepts": nodule_concepts(text),
+        })  # fmt: skip
+    emphysema = report.exam.emphysema
+    return {
+        "exam_category": report.exam.lungrads_category,
+        "emphysema": None if emphysema is None else emphysema.severity,
+        "needs_review": report.exam.needs_review,
+        "nodules": nodules,
+    }
+
+
+def _full_pass(rm: ReportModel, volume, lungs) -> dict:
+    _, segmentation, seconds = segment_volume(rm, volume, lungs, cascade=False)
+    candidates = [
+        {"centre_lps_mm": list(n.centroid_world_mm), "mean_diameter_mm": n.mean_diameter_mm}
+        for n in segmentation.instances
+    ]
+    return {"segmentation_s": seconds, "candidates": candidates}
+
+
+def evaluate_case(rm: ReportModel, seed: int, index: int, args, settings: dict) -> dict:
+    """Render, write (DICOM) and report one phantom case; returns its unscored row.
+
+    ``timings_s`` holds the report steps (seconds; with a prior, "read" and "lung_mask" include
+    the prior scan, as in ``lungvlm report``); ``overhead_s`` the phantom rendering and DICOM
+    writing, which are not part of a report.
+    """
+    name = case_name(seed, args.follow_up_months)
+    start = time.perf_counter()
+    config = PhantomConfig.tiny() if args.size == "tiny" else PhantomConfig()
+    case = prior_case = generate_case(seed, config)
+    if args.follow_up_months is not None:
+        case = generate_follow_up(prior_case, args.follow_up_months, seed + FOLLOW_UP_SEED_OFFSET)
+    row = {"case_id": name, "seed": seed, "settings": settings,
+           "reference": reference_from_case(case)}  # fmt: skip
+    overhead = {"phantom": time.perf_counter() - start}
+    with tempfile.TemporaryDirectory(prefix=f"lungvlm-eval-{name}-") as tmp:
+        start = time.perf_counter()
+        write_dicom_series(case, Path(tmp) / "current")
+        if case is not prior_case:
+            write_dicom_series(prior_case, Path(tmp) / "prior")
+        overhead["write_dicom"] = time.perf_counter() - start
+        timings = {}
+        start = time.perf_counter()
+        volume, kind, sources = read_scan(Path(tmp) / "current")
+        prior_volume = read_scan(Path(tmp) / "prior")[0] if case is not prior_case else None
+        timings["read"] = time.perf_counter() - start
+        start = time.perf_counter()
+        lungs = lung_mask(volume.array_hu, volume.spacing_mm)
+        prior = None
+        if prior_volume is not None:
+            prior_lungs = lung_mask(prior_volume.array_hu, prior_volume.spacing_mm)
+            prior = PriorScan(prior_volume, prior_lungs, args.follow_up_months * DAYS_PER_MONTH)
+        timings["lung_mask"] = time.perf_counter() - start
+        compare = args.cascade == "compare"
+        # Alternate which pass runs first so warm caches favour neither on average.
+        full = _full_pass(rm, volume, lungs) if compare and index % 2 == 0 else None
+        source = Source(
+            str(Path(tmp) / "current"), kind, volume.metadata.get("series_instance_uid")
+        )
+        result = generate_report(
+            rm, volume, lungs, args.out / "cases" / name, source, name, sources, prior,
+            cascade=args.cascade != "off", overwrite=True, timings_s=timings,
+        )  # fmt: skip
+        if compare and full is None:
+            full = _full_pass(rm, volume, lungs)
+    row.update(report=report_fields(result.report), timings_s=dict(result.report.timings_s),
+               overhead_s=overhead, warnings=result.warnings)  # fmt: skip
+    if full is not None:
+        row["full_pass"] = full
+    return row
+
+
+def _score(row: dict) -> dict:
+    """(Re)compute the scores of a row from its reference and report."""
+    row.update(score_case(row["reference"], row["report"]))
+    if row.get("full_pass"):
+        row["full_pass"]["detection"] = detection_record(
+            row["reference"]["nodules"], row["full_pass"]["candidates"]
+        )
+    return row
+
+
+def _stored_row(case_dir: Path, settings: dict) -> dict | None:
+    path = case_dir / CASE_RESULT_FILE
+    if not (case_dir / "report.json").is_file() or not path.is_file():
+        return None
+    try:
+        row = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        log.warning("%s is unreadable (%s); the case is run again", path, err)
+        return None
+    return row if row.get("settings") == settings else None
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_markdown(summary: dict, rows: list[dict], settings: dict) -> str:
+    """Readable tables of the summary and one line per case."""
+    lines = ["# Report evaluation on phantom chests", "",
+             "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), "",
+             f"{summary['n_cases']} case(s), {summary['n_reference_nodules']} reference and "
+             f"{summary['n_reported_nodules']} reported nodule(s).", "",
+             "## Detection (LUNA16 hit rule)", "",
+             "| stratum | reference | detected | sensitivity | FPs | FPs/scan | duplicates |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, d in summary["detection"].items():
+        lines.append(f"| {name} | {d['n_reference']} | {d['n_detected']} | "
+                     f"{_fmt(d['sensitivity'])} | {d['n_false_positives']} | "
+                     f"{_fmt(d['fps_per_scan'], '.2f')} | {d['n_duplicates']} |")  # fmt: skip
+    for key, title in (("exam_lungrads", "Exam Lung-RADS"),
+                       ("nodule_lungrads", "Nodule Lung-RADS (paired nodules)")):  # fmt: skip
+        c = summary[key]
+        lines += ["", f"## {title}", "",
+                  f"accuracy {_fmt(c['accuracy'])}, within one step {_fmt(c['within_one_step'])} "
+                  f"(n={c['n']}); confusion (reference -> predicted counts):", ""]  # fmt: skip
+        lines += [f"- {ref}: " + ", ".join(f"{p}: {k}" for p, k in row.items())
+                  for ref, row in c["confusion"].items()] or ["- (none)"]  # fmt: skip
+    for key, title in (("concept_f1", "Concept F1 (all nodules)"),
+                       ("concept_f1_matched", "Concept F1 (paired nodules + exam)")):  # fmt: skip
+        c = summary[key]
+        lines += ["", f"## {title}", "",
+                  f"micro P {_fmt(c['micro_precision'])}, R {_fmt(c['micro_recall'])}, "
+                  f"F1 {_fmt(c['micro_f1'])}", "",
+                  "| field | precision | recall | F1 | support |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {f} | {_fmt(v['precision'])} | {_fmt(v['recall'])} | {_fmt(v['f1'])} | "
+                  f"{v['support']} |" for f, v in c["per_field"].items()]  # fmt: skip
+    if summary["growth_status"] is not None:
+        g, v = summary["growth_status"], summary["vdt"]
+        lines += ["", "## Growth (follow-up)", "",
+                  f"status accuracy {_fmt(g['accuracy'])} (n={g['n']}); confusion "
+                  f"{json.dumps(g['confusion'])}", "",
+                  f"VDT: median absolute error {_fmt(v['median_abs_error_days'], '.1f')} days, "
+                  f"median absolute relative error {_fmt(v['median_abs_relative_error'])} "
+                  f"({v['n_measured']} measured of {v['n_finite_reference']} with a finite "
+                  f"reference VDT)"]  # fmt: skip
+    lines += ["", "## Seconds per step", "", "| step | mean | median |", "|---|---|---|"]
+    lines += [f"| {s} | {t['mean_s']:.2f} | {t['median_s']:.2f} |"
+              for s, t in summary["timings_s"].items()]  # fmt: skip
+    cascade = summary["cascade_vs_full"]
+    if cascade is not None:
+        lines += ["", "## Cascade vs full pass", "",
+                  "| pass | segmentation s | sensitivity | >=4 mm | >=6 mm | FPs/scan |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for name in ("cascade", "full"):
+            d = cascade[name]["detection"]
+            lines.append(f"| {name} | {cascade[name]['segmentation_mean_s']:.2f} | "
+                         f"{_fmt(d['>=0mm']['sensitivity'])} | {_fmt(d['>=4mm']['sensitivity'])} | "
+                         f"{_fmt(d['>=6mm']['sensitivity'])} | "
+                         f"{_fmt(d['>=0mm']['fps_per_scan'], '.2f')} |")  # fmt: skip
+        lines += ["", f"time saved {_fmt(cascade['time_saved_fraction'], '.1%')}, sensitivity "
+                  f"drop {_fmt(cascade['sensitivity_drop_pp'], '.2f')} pp -> keep cascade: "
+                  f"{cascade['keep_cascade']} ({cascade['rule']})"]  # fmt: skip
+    lines += ["", "## Cases", "",
+              "| case | reference | reported | detected | FPs | exam ref | exam pred | seconds |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        d = r["detection"]
+        lines.append(f"| {r['case_id']} | {len(d['reference_detected'])} | "
+                     f"{len(d['candidate_kinds'])} | {sum(d['reference_detected'])} | "
+                     f"{d['candidate_kinds'].count('fp')} | {r['reference']['exam_category']} | "
+                     f"{r['report']['exam_category']} | {sum(r['timings_s'].values()):.1f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _settings(args) -> dict:
+    ckpt = Path(args.ckpt)
+    return {
+        "checkpoint": str(ckpt.resolve()),
+        "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns,
+        "cascade": args.cascade,
+        "size": args.size,
+        "follow_up_months": args.follow_up_months,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``lungvlm evaluate-reports``; returns the exit code."""
+    from rich.progress import Progress
+
+    seeds = parse_seeds(args.phantom_seeds)
+    months = args.follow_up_months
+    if months is not None and not (math.isfinite(months) and months > 0):
+        raise ValueError(f"--follow-up-months={months} must be a positive number of months")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    rm = load_report_model(args.ckpt, map_location=device)
+    settings = {**_settings(args), "device": device}
+    resume_settings = {k: v for k, v in settings.items() if k != "device"}
+    rows = []
+    with Progress() as progress:
+        task = progress.add_task("phantom reports", total=len(seeds))
+        for index, seed in enumerate(seeds):
+            name = case_name(seed, months)
+            case_dir = args.out / "cases" / name
+            row = _stored_row(case_dir, resume_settings)
+            resumed = row is not None
+            if row is None:
+                row = evaluate_case(rm, seed, index, args, resume_settings)
+                write_json_atomic(case_dir / CASE_RESULT_FILE, row)
+            row = _score(row)
+            row["resumed"] = resumed
+            rows.append(row)
+            d = row["detection"]
+            log.info(
+                "%s: %s; %d/%d reference nodule(s) detected, %d FP, Lung-RADS %s (reference %s), "
+                "%.1f s", name, "resumed" if resumed else "reported", sum(d["reference_detected"]),
+                len(d["reference_detected"]), d["candidate_kinds"].count("fp"),
+                row["report"]["exam_category"], row["reference"]["exam_category"],
+                sum(row["timings_s"].values()),
+            )  # fmt: skip
+            progress.advance(task)
+    summary = summarize(rows)
+    summary["n_resumed"] = sum(r["resumed"] for r in rows)
+    write_json_atomic(args.out / "report_eval.json",
+                      {"settings": settings, "summary": summary, "cases": rows})  # fmt: skip
+    markdown = format_markdown(summary, rows, settings)
+    write_text_atomic(args.out / "report_eval.md", markdown)
+    print(markdown.split("\n## Cases")[0])
+    print(f"wrote {args.out / 'report_eval.json'} and {args.out / 'report_eval.md'}")
+    return 0

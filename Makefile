@@ -8,7 +8,7 @@ RUNS ?= runs
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format phantom train-stage1 train-stage2 train-stage3 sweep bench clean
+.PHONY: help install test test-all lint format phantom train-stage1 train-stage2 train-language train-stage3 sweep bench clean
 
 help: ## List the targets with a one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,7 @@ phantom: $(STAMP) ## Write 4 phantom chest CTs with labels, reports and a previe
 
 STAGE1_CKPT := $(RUNS)/stage1/checkpoints/last.ckpt
 STAGE2_CKPT := $(RUNS)/stage2/checkpoints/last.ckpt
+LANGUAGE_CKPT := $(RUNS)/language/language.pt
 
 train-stage1: $(STAMP) ## Stage 1: masked-volume pretraining of the encoder on phantoms
 	$(VENV)/bin/lungvlm fit --config experiments/base.yaml --config experiments/stage1.yaml
@@ -53,7 +54,14 @@ $(STAGE1_CKPT): | $(STAMP)
 $(STAGE2_CKPT): | $(STAGE1_CKPT)
 	$(MAKE) train-stage2
 
-train-stage3: $(STAMP) | $(STAGE2_CKPT) ## Stage 3: grounded vision-language model on phantoms (runs stages 1-2 first if their checkpoints are missing)
+train-language: $(STAMP) ## Pretrain the report decoder on text (causal LM + report coherence) into $(RUNS)/language/language.pt
+	$(VENV)/bin/lungvlm pretrain-language --config experiments/base.yaml --config experiments/stage3.yaml --out $(LANGUAGE_CKPT)
+
+# Stage 3's fresh decoder starts from the language checkpoint (model.vl.language_init).
+$(LANGUAGE_CKPT): | $(STAMP)
+	$(MAKE) train-language
+
+train-stage3: $(STAMP) | $(STAGE2_CKPT) $(LANGUAGE_CKPT) ## Stage 3: grounded vision-language model on phantoms (runs stages 1-2 and the language pretraining first if their checkpoints are missing)
 	$(VENV)/bin/lungvlm fit --config experiments/base.yaml --config experiments/stage3.yaml
 
 SWEEP ?= experiments/sweeps/stage2_tiny.yaml

@@ -26,8 +26,11 @@ PLAIN_COMMANDS: tuple[tuple[str, str], ...] = (
     ("phantom", "data_modules.phantom.cli"),
     ("preprocess", "data_modules.preprocess_cli"),
     ("report", "lungvlm.inference.report_cli"),
+    ("ask", "lungvlm.inference.ask_cli"),
     ("evaluate", "lungvlm.inference.evaluate_cli"),
+    ("evaluate-reports", "lungvlm.inference.report_eval_cli"),
     ("sweep", "lungvlm.sweep.cli"),
+    ("pretrain-language", "lungvlm.lightning.language_cli"),
 )
 
 

@@ -187,10 +187,14 @@ class LungVLMModule(L.LightningModule):
         if self.vl is not None and self.vl.tokenizer is None:
             extra = datamodule.report_corpus() if hasattr(datamodule, "report_corpus") else ()
             run_dir = self.trainer.default_root_dir if self._trainer else None
-            self.vl.fit_tokenizer(extra, run_dir if self.trainer.is_global_zero else None)
-            if stage == "fit" and self._initialised_from_vl is False:
-                # Language first (a fresh decoder only): every rank runs the same seeded steps.
-                self.vl.pretrain_language()
+            save_dir = run_dir if self._trainer is None or self.trainer.is_global_zero else None
+            fresh = stage == "fit" and self._initialised_from_vl is False
+            # A fresh decoder starts from the language checkpoint (model.vl.language_init) when
+            # there is one; else language first, inline: every rank runs the same seeded steps.
+            if not (fresh and self.vl.load_language_init(save_dir)):
+                self.vl.fit_tokenizer(extra, save_dir)
+                if fresh:
+                    self.vl.pretrain_language()
 
     @property
     def tasks(self) -> list[str]:

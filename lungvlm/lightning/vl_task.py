@@ -10,7 +10,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lungvlm.lightning.language import crop_findings_corpus, pretrain_language
+from lungvlm.lightning.language import (
+    LanguagePretrainResult,
+    crop_findings_corpus,
+    pretrain_language,
+)
+from lungvlm.lightning.language_checkpoint import load_language_checkpoint
 from lungvlm.lightning.vision_language import (
     SPICULATED_UNIT_THRESHOLD,
     ZERO_SHOT_PROMPTS,
@@ -60,8 +65,12 @@ class VisionLanguageConfig:
         tokenizer_seed: seed of the rendered corpus.
         generation_max_new_tokens: longest generated report in validation, tokens.
         num_sample_reports: generated reports written per evaluation (markdown + TensorBoard).
-        language_pretrain_steps: text-only causal-LM steps of the decoder before stage 3 (0: off).
+        language_pretrain_steps: text-only causal-LM + report-coherence steps of the decoder
+            before stage 3 (0: off).
         language_pretrain_texts: crop-style findings texts rendered for language pretraining.
+        language_init: language checkpoint (``make train-language``) whose tokenizer and decoder
+            weights a fresh decoder starts from, instead of fitting and pretraining inline;
+            a missing file is warned about and the inline path is used (None: inline).
         risk_text_dropout: probability per training batch that the risk head sees no text.
         risk_generated_text: probability per training batch that the risk head reads the
             decoder's own greedy findings instead of the reference (the inference setting).
@@ -75,9 +84,43 @@ class VisionLanguageConfig:
     num_sample_reports: int = 8
     language_pretrain_steps: int = 0
     language_pretrain_texts: int = 4000
+    language_init: str | None = None
     risk_text_dropout: float = 0.0
     risk_generated_text: float = 0.0
     qa_max_new_tokens: int = 48
+
+
+def fit_report_tokenizer(config: VisionLanguageConfig, vocab_size: int, extra_texts=()):
+    """Train the stage-3 tokenizer: rendered reports, crop findings, user files, ``extra_texts``.
+
+    Shared by stage 3 and ``lungvlm pretrain-language``, so both train the same tokenizer.
+
+    Args:
+        config: the corpus settings (``tokenizer_corpus_size``/``_files``/``_seed``).
+        vocab_size: largest vocabulary (the decoder's ``vocab_size``).
+        extra_texts: further texts (e.g. a DataModule's training reports).
+
+    Returns:
+        The trained fast tokenizer.
+    """
+    # Crop reports describe one nodule: add such findings texts beside the exam reports.
+    crop_texts = crop_findings_corpus(
+        max(1, config.tokenizer_corpus_size // 4), config.tokenizer_seed
+    )
+    corpus = build_report_corpus(
+        config.tokenizer_corpus_size,
+        config.tokenizer_seed,
+        config.tokenizer_corpus_files,
+        [*crop_texts, *extra_texts],
+    )
+    tokenizer = train_tokenizer(corpus, vocab_size=vocab_size)
+    log.info("tokenizer: %d tokens trained on %d texts", len(tokenizer), len(corpus))
+    return tokenizer
+
+
+def language_pretrain_corpus(config: VisionLanguageConfig) -> list[str]:
+    """The language-pretraining texts: ``language_pretrain_texts`` crop findings sections."""
+    return crop_findings_corpus(config.language_pretrain_texts, config.tokenizer_seed)
 
 
 class VisionLanguageTask(nn.Module):
@@ -98,31 +141,56 @@ class VisionLanguageTask(nn.Module):
     # ---------------------------------------------------------------- tokenizer
     def fit_tokenizer(self, extra_texts=(), save_dir: str | None = None) -> None:
         """Train the tokenizer on the rendered corpus + ``extra_texts``; save it under ``save_dir``."""
-        cfg = self.config
-        # Crop reports describe one nodule: add such findings texts beside the exam reports.
-        crop_texts = crop_findings_corpus(
-            max(1, cfg.tokenizer_corpus_size // 4), cfg.tokenizer_seed
-        )
-        corpus = build_report_corpus(
-            cfg.tokenizer_corpus_size,
-            cfg.tokenizer_seed,
-            cfg.tokenizer_corpus_files,
-            [*crop_texts, *extra_texts],
-        )
         vocab = self.heads.decoder.vocab_size if hasattr(self.heads.decoder, "vocab_size") else 512
-        self.tokenizer = train_tokenizer(corpus, vocab_size=vocab)
-        log.info("tokenizer: %d tokens trained on %d texts", len(self.tokenizer), len(corpus))
+        self.tokenizer = fit_report_tokenizer(self.config, vocab, extra_texts)
         if save_dir:
             save_tokenizer(self.tokenizer, Path(save_dir) / "tokenizer")
 
-    def pretrain_language(self) -> list[float]:
-        """Text-only LM pretraining of the decoder (see :mod:`lungvlm.lightning.language`)."""
+    def load_language_init(self, save_dir: str | None = None) -> bool:
+        """Take the tokenizer and decoder weights from ``config.language_init``.
+
+        Args:
+            save_dir: run folder; the loaded tokenizer is saved under ``save_dir/tokenizer``.
+
+        Returns:
+            True if loaded; False if ``language_init`` is unset or names no file (warned).
+
+        Raises:
+            ValueError: if the file is not a language checkpoint or its decoder sizes differ
+                from this decoder's.
+        """
+        path = self.config.language_init
+        if not path:
+            return False
+        if not Path(path).is_file():
+            log.warning(
+                "language_init=%s does not exist (run `make train-language`): fitting the "
+                "tokenizer and pretraining the decoder inline",
+                path,
+            )
+            return False
+        self.tokenizer, data = load_language_checkpoint(path, self.heads.decoder)
+        log.info(
+            "language_init=%s: tokenizer (%d tokens) and decoder loaded (held-out coherence "
+            "accuracy %s)",
+            path,
+            len(self.tokenizer),
+            data.get("coherence_accuracy"),
+        )
+        if save_dir:
+            save_tokenizer(self.tokenizer, Path(save_dir) / "tokenizer")
+        return True
+
+    def pretrain_language(self) -> LanguagePretrainResult:
+        """Language pretraining of the decoder (see :mod:`lungvlm.lightning.language`)."""
         cfg = self.config
         if cfg.language_pretrain_steps <= 0:
-            return []
-        texts = crop_findings_corpus(cfg.language_pretrain_texts, cfg.tokenizer_seed)
+            return LanguagePretrainResult()
         return pretrain_language(
-            self.heads.decoder, self.tokenizer, texts, cfg.language_pretrain_steps
+            self.heads.decoder,
+            self.tokenizer,
+            language_pretrain_corpus(cfg),
+            cfg.language_pretrain_steps,
         )
 
     def tokenize_batch(self, batch) -> None:

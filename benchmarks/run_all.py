@@ -212,6 +212,39 @@ def bench_cache(quick: bool) -> tuple[str, list[dict]]:
     return note, suffix_figures(r)
 
 
+class BenchmarkSkipped(Exception):
+    """Raised by a benchmark that cannot run here (the reason is written into the results)."""
+
+
+#: Checkpoint of the end-to-end report benchmark (``LUNGVLM_BENCH_CKPT`` overrides it).
+REPORT_BENCH_CKPT = "runs/stage3/checkpoints/last.ckpt"
+
+
+def bench_report(quick: bool) -> tuple[str, list[dict]]:
+    """Seconds per step of ``lungvlm report`` on one phantom test chest (DICOM), trained model."""
+    import json
+
+    from lungvlm.cli import main as lungvlm_main
+
+    ckpt = Path(os.environ.get("LUNGVLM_BENCH_CKPT", REPORT_BENCH_CKPT))
+    if not ckpt.is_file():
+        raise BenchmarkSkipped(f"no stage-3 checkpoint at {ckpt} (run `make train-stage3`)")
+    with tempfile.TemporaryDirectory() as out:
+        args = ["evaluate-reports", "--ckpt", str(ckpt), "--out", out, "--cascade", "off",
+                "--phantom-seeds", "2000000:2000001"]  # fmt: skip
+        if lungvlm_main(args) != 0:
+            raise RuntimeError("lungvlm evaluate-reports failed")
+        summary = json.loads((Path(out) / "report_eval.json").read_text())["summary"]
+    rows = [figure(f"{step}", t["mean_s"], "s") for step, t in summary["timings_s"].items()]
+    rows.append(figure("reported nodules", float(summary["n_reported_nodules"])))
+    note = (
+        f"`lungvlm evaluate-reports` on phantom test chest 2000000 written as DICOM, checkpoint "
+        f"`{ckpt}`, full sliding window (no cascade); seconds per step of the report path "
+        "(heads, generation and export grow with the number of reported nodules)."
+    )
+    return note, rows
+
+
 BENCHMARKS: tuple[tuple[str, Callable[[bool], tuple[str, list[dict]]]], ...] = (
     ("Encoder + segmentation head vs MONAI", bench_encoder),
     ("Training step per stage and data loading", bench_training),
@@ -219,6 +252,7 @@ BENCHMARKS: tuple[tuple[str, Callable[[bool], tuple[str, list[dict]]]], ...] = (
     ("DICOM series reading", bench_io),
     ("Phantom generation", bench_phantom),
     ("Preprocessed cache", bench_cache),
+    ("End-to-end report per phantom chest", bench_report),
 )
 
 
@@ -308,8 +342,12 @@ def _run_section(title: str, bench: Callable, quick: bool) -> dict:
     start = time.perf_counter()
     try:
         note, rows = bench(quick)
-    except ModuleNotFoundError as error:
-        reason = f"{error.name} is not importable ({error})"
+    except (ModuleNotFoundError, BenchmarkSkipped) as error:
+        reason = (
+            str(error)
+            if isinstance(error, BenchmarkSkipped)
+            else f"{error.name} is not importable ({error})"
+        )
         print(f"skipped: {title}: {reason}", flush=True)
         return {"title": title, "status": "skipped", "reason": reason}
     except Exception as error:  # one failing benchmark must not lose the others' figures

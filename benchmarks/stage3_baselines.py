@@ -10,7 +10,9 @@ classes as training, what these score on the phantom test split:
   ROUGE-L and clinical concept F1 against the references;
 - grounding: a heatmap that is a point at the crop centre (nodule crops are centred, so this is
   a strong baseline for the pointing game) and a uniform heatmap (mass in mask = mask fraction);
-- retrieval: random ranking -> R@1 = 1 / N.
+- retrieval: random ranking -> R@1 = 1 / N;
+- questions: for each kind of question the most frequent training answer (e.g. always "The
+  margin is smooth.") -> accuracy per kind and overall.
 
 Usage: ``python -m benchmarks.stage3_baselines [--n-train 256 --n-test 48 --cache-dir DIR]``
 (defaults match experiments/base.yaml, so the phantom cache of a training run is reused).
@@ -26,7 +28,11 @@ import torch
 
 from data_modules.phantom_datamodule import PhantomDataModule
 from lungvlm.metrics.grounding import HeatmapMassInMask, PointingGame
-from lungvlm.metrics.report import ClinicalConceptF1, ReportTextMetrics
+from lungvlm.metrics.report import (
+    ClinicalConceptF1,
+    QuestionAnswerAccuracy,
+    ReportTextMetrics,
+)
 from lungvlm.metrics.risk import ConcordanceIndex, lungrads_metrics, malignancy_metrics
 
 
@@ -40,6 +46,7 @@ def run(
     crop_size_vox: int = 32,
     cache_dir: str | None = "runs/phantom_cache",
     seed: int = 0,
+    hard_negative_fraction: float = 0.5,
 ) -> dict[str, float]:
     """Compute the baseline values; returns ``{"split/task/metric": value}``."""
     dm = PhantomDataModule(
@@ -53,14 +60,19 @@ def run(
         cache_dir=cache_dir,
         augment=False,
         positive_fraction=0.8,
+        hard_negative_fraction=hard_negative_fraction,
     )
     dm.setup("fit")
     dm.setup("test")
     lungrads, malignant, reports = Counter(), [], Counter()
+    answers: dict[str, Counter] = {}
     for batch in _batches(dm.train_dataloader()):
         lungrads.update(batch.lungrads[batch.lungrads_present].tolist())
         malignant += batch.malignancy[batch.malignancy_present].tolist()
         reports.update(batch.report_text)
+        for kind, answer in zip(batch.qa_kind, batch.qa_answer, strict=True):
+            if kind:
+                answers.setdefault(kind, Counter())[answer] += 1
     majority = lungrads.most_common(1)[0][0]
     prevalence = sum(malignant) / max(1, len(malignant))
     constant_report = reports.most_common(1)[0][0]
@@ -69,6 +81,8 @@ def run(
     text, concept = ReportTextMetrics(), ClinicalConceptF1()
     cindex = ConcordanceIndex()
     pointing, mass = PointingGame(), HeatmapMassInMask()
+    qa = QuestionAnswerAccuracy()
+    majority_answer = {kind: c.most_common(1)[0][0] for kind, c in answers.items()}
     n_nodule = 0
     for batch in _batches(dm.test_dataloader()):
         b = batch.batch_size
@@ -81,6 +95,12 @@ def run(
         )
         text.update([constant_report] * b, batch.report_text)
         concept.update([constant_report] * b, batch.report_text)
+        asked = [i for i, kind in enumerate(batch.qa_kind) if kind in majority_answer]
+        qa.update(
+            [batch.qa_kind[i] for i in asked],
+            [majority_answer[batch.qa_kind[i]] for i in asked],
+            [batch.qa_answer[i] for i in asked],
+        )
         masks = batch.seg_mask[:, 0] > 0.5
         keep = batch.seg_present & masks.flatten(1).any(1)
         if bool(keep.any()):
@@ -102,6 +122,8 @@ def run(
     out["test/grounding/pointing_game_centre_point"] = float(pointing.compute())
     out["test/grounding/mass_in_mask_uniform"] = float(mass.compute())
     out["test/retrieval/recall_at_1_random"] = 1.0 / max(1, n_nodule)
+    for key, value in qa.compute().items():
+        out[f"test/qa/accuracy_{key}_majority_answer"] = float(value)
     out["majority_lungrads_index"] = float(majority)
     out["malignancy_prevalence_train"] = float(prevalence)
     return out
@@ -114,8 +136,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--n-test", type=int, default=48)
     parser.add_argument("--crop-size-vox", type=int, default=32)
     parser.add_argument("--cache-dir", default="runs/phantom_cache")
+    parser.add_argument("--hard-negative-fraction", type=float, default=0.5)
     args = parser.parse_args(argv)
-    result = run(args.n_train, args.n_test, args.crop_size_vox, args.cache_dir)
+    result = run(
+        args.n_train, args.n_test, args.crop_size_vox, args.cache_dir,
+        hard_negative_fraction=args.hard_negative_fraction,
+    )  # fmt: skip
     print(json.dumps(result, indent=2))
     return result
 

@@ -170,3 +170,14 @@ def test_never_stop_disables_eos_and_restores_it():
     with never_stop(decoder):
         assert decoder.eos_token_id == -1
     assert decoder.eos_token_id == 2
+
+
+def test_report_benchmark_is_skipped_without_a_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LUNGVLM_BENCH_CKPT", str(tmp_path / "missing.ckpt"))
+    monkeypatch.setattr(
+        run_all, "BENCHMARKS", (("End-to-end report per phantom chest", run_all.bench_report),)
+    )
+    out = tmp_path / "r.md"
+    run_all.main(["--out", str(out), "--quick"])
+    assert "no stage-3 checkpoint at" in capsys.readouterr().out
+    assert "skipped: no stage-3 checkpoint at" in out.read_text()

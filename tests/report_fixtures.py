@@ -32,7 +32,8 @@ MODEL_CONFIG = {
     "vl_heads": {
         "class_path": "lungvlm.models.vlm.VisionLanguageHeads",
         "init_args": {"vocab_size": 300, "d_model": 32, "n_layers": 1, "n_heads": 2,
-                      "max_length": 40, "dropout": 0.0, "embed_dim": 16, "risk_hidden_dim": 16},
+                      "max_length": 40, "dropout": 0.0, "embed_dim": 16, "risk_hidden_dim": 16,
+                      "mask_pooling": True},
     },
     "vl": {"tokenizer_corpus_size": 40, "generation_max_new_tokens": 38},
 }  # fmt: skip

@@ -32,6 +32,7 @@ def make_stage3(lr: float = 3e-3) -> LungVLMModule:
             dropout=0.0,
             embed_dim=16,
             risk_hidden_dim=16,
+            mask_pooling=True,
         ),
         vl=VisionLanguageConfig(tokenizer_corpus_size=40, generation_max_new_tokens=38),
         optimizer=lambda p: torch.optim.AdamW(p, lr=lr),

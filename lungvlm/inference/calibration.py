@@ -230,7 +230,7 @@ def collect_calibration_data(
     for batch in batches:
         context = batch.context.to(device) if model.encoder.use_context else None
         features = model.encoder(batch.image.to(device), context)
-        tokens, _ = heads.visual_tokens(features)
+        tokens, _, pooled = heads.encode(features, model.seg_head(features)[0])
         gen = greedy_generate(heads.decoder, tokens, max_new, tokenizer=tokenizer)
         texts = []
         for i in range(tokens.shape[0]):
@@ -244,7 +244,7 @@ def collect_calibration_data(
                 correct.append(sentence_correct(sentence, batch.report_text[i]))
         ids, mask = encode_reports(tokenizer, texts, heads.max_length)
         emb = heads.decoder.report_embedding(ids.to(device), mask.to(device))
-        risk = heads.risk_head(heads.pooled_visual(features), emb)
+        risk = heads.risk_head(pooled, emb)
         present = batch.malignancy_present.bool().cpu()
         logits += risk.malignancy_logit.float().cpu()[present].tolist()
         labels += [int(v) for v in batch.malignancy.cpu()[present].tolist()]

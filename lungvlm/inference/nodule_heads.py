@@ -147,6 +147,7 @@ class NoduleCrops:
         features: encoder feature maps, finest first.
         visual_tokens: (1, N, d_model) decoder visual tokens.
         geometry: token geometry (for back-projecting attention to heatmaps).
+        pooled: (1, visual_dim) pooled visual representation (risk and concept heads).
         crop_start_vox: prepared-grid index (z, y, x) of the fine crop's voxel (0, 0, 0).
     """
 
@@ -154,6 +155,7 @@ class NoduleCrops:
     features: list
     visual_tokens: torch.Tensor
     geometry: object
+    pooled: torch.Tensor
     crop_start_vox: tuple[int, int, int]
 
 
@@ -177,8 +179,10 @@ def encode_nodule(
     context_t = torch.from_numpy(context)[None, None].to(device)
     use_context = getattr(model.encoder, "use_context", False)
     features = model.encoder(image_t, context_t if use_context else None)
-    tokens, geometry = heads.visual_tokens(features)
-    return NoduleCrops(fine, features, tokens, geometry, crop_start(centre_vox, crop_size_vox))
+    tokens, geometry, pooled = heads.encode(features, model.seg_head(features)[0])
+    return NoduleCrops(
+        fine, features, tokens, geometry, pooled, crop_start(centre_vox, crop_size_vox)
+    )
 
 
 def answer_heatmap(gen, crops: NoduleCrops) -> NDArray[np.float32]:
@@ -232,12 +236,7 @@ def run_nodule_heads(
     crops = encode_nodule(
         model, prepared_image, centre_vox, crop_size_vox, context_scale, normalization
     )
-    fine, features, tokens, geometry = (
-        crops.fine,
-        crops.features,
-        crops.visual_tokens,
-        crops.geometry,
-    )
+    fine, tokens, geometry = crops.fine, crops.visual_tokens, crops.geometry
     heads_s = time.perf_counter() - start_t
 
     start_t = time.perf_counter()
@@ -261,7 +260,7 @@ def run_nodule_heads(
     start_t = time.perf_counter()
     text_ids, text_mask = encode_reports(tokenizer, [text], heads.max_length)
     text_emb = heads.decoder.report_embedding(text_ids.to(device), text_mask.to(device))
-    pooled_visual = heads.pooled_visual(features)
+    pooled_visual = crops.pooled
     risk = heads.risk_head(pooled_visual, text_emb)
     concepts = heads.concept_head(pooled_visual).concept_probabilities()[0].float().cpu()
     logit = float(risk.malignancy_logit.float()[0])

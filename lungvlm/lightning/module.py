@@ -269,7 +269,7 @@ class LungVLMModule(L.LightningModule):
         features = self.encoder(batch.image, context)
         logits = self.seg_head(features)
         parts = self.seg_loss(logits, batch.seg_mask, batch.seg_present)
-        vl_losses, forward = self.vl.losses(features, batch)
+        vl_losses, forward = self.vl.losses(features, batch, logits[0])
         losses = {"segmentation": parts["total"], **vl_losses}
         return losses, {"logits": logits[0], "vl_forward": forward}
 

@@ -97,16 +97,17 @@ def vision_language_forward(
     features: list[Tensor],
     batch,
     risk_text: RiskTextSchedule | None = None,
+    seg_logits: Tensor | None = None,
 ) -> VLForward:
     """Teacher-forced forward of the stage-3 heads on encoder ``features`` and ``batch``.
 
     In training, ``risk_text`` picks per batch what the risk head reads: the reference
     findings, no text (so visual-only risk is meaningful) or the decoder's own generated
     findings (so risk from generated text, the inference setting, is trained).
+    ``seg_logits`` (the finest segmentation logits) feed the heads' mask pooling, if enabled.
     """
-    tokens, geometry = heads.visual_tokens(features)
+    tokens, geometry, pooled = heads.encode(features, seg_logits)
     dec = heads.decoder(batch.report_tokens, batch.report_attention, tokens, output_attentions=True)
-    pooled = heads.pooled_visual(features)
     choice = risk_text.draw() if (heads.training and risk_text is not None) else "reference"
     # The risk head reads the findings text (never the impression, which names the category).
     text = heads.decoder.report_embedding(batch.report_tokens, batch.report_attention)
@@ -154,6 +155,7 @@ def vision_language_losses(
     features: list[Tensor],
     batch,
     risk_text: RiskTextSchedule | None = None,
+    seg_logits: Tensor | None = None,
 ):
     """Named stage-3 losses (segmentation excluded) and the forward outputs.
 
@@ -161,7 +163,7 @@ def vision_language_losses(
         (losses, forward): ``losses`` maps "report", "qa", "contrastive", "grounding",
         "malignancy", "lungrads", "growth", "concepts" to scalars; absent labels are masked.
     """
-    fwd = vision_language_forward(heads, features, batch, risk_text)
+    fwd = vision_language_forward(heads, features, batch, risk_text, seg_logits)
     risk = fwd.risk
     zero = fwd.pooled.sum() * 0.0
     losses = {

@@ -213,13 +213,13 @@ class VisionLanguageTask(nn.Module):
         )
 
     # ---------------------------------------------------------------- losses / metrics
-    def losses(self, features: list[Tensor], batch):
+    def losses(self, features: list[Tensor], batch, seg_logits: Tensor | None = None):
         """Named stage-3 losses and the forward outputs (see :func:`vision_language_losses`)."""
         cfg = self.config
         schedule = RiskTextSchedule(
             cfg.risk_text_dropout, cfg.risk_generated_text, cfg.generation_max_new_tokens
         )
-        return vision_language_losses(self.heads, features, batch, schedule)
+        return vision_language_losses(self.heads, features, batch, schedule, seg_logits)
 
     def _embed_texts(self, texts: list[str], device) -> Tensor:
         ids, attention = encode_reports(self.tokenizer, texts, self.heads.max_length)

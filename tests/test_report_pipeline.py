@@ -65,7 +65,9 @@ def dicom_dir(tmp_path_factory, phantom) -> Path:
 
 def test_report_on_a_dicom_series_writes_every_output(ckpt, dicom_dir, tmp_path, capsys):
     out = tmp_path / "case"
-    assert run_cli(["report", str(dicom_dir), "--ckpt", str(ckpt), "--out", str(out)]) == 0
+    # The untrained test model's findings describe nothing: keep every component to test wiring.
+    args = ["report", str(dicom_dir), "--ckpt", str(ckpt), "--out", str(out), "--keep-unconfirmed"]
+    assert run_cli(args) == 0
     for name in ("report.md", "report.json", "index.html", "segmentation.nii.gz",
                  "overlays/nodule_01.png", "dicom/seg.dcm", "dicom/sr.dcm"):  # fmt: skip
         assert (out / name).is_file(), name
@@ -107,6 +109,7 @@ def test_prior_from_another_patient_is_skipped_with_a_warning(
     write_dicom_series(phantom, prior, patient_id="SOMEONE-ELSE")
     out = tmp_path / "case"
     args = ["report", str(dicom_dir), "--ckpt", str(ckpt), "--out", str(out), "--no-cascade",
+            "--keep-unconfirmed",
             "--prior", str(prior), "--interval-days", "90"]  # fmt: skip
     assert run_cli(args) == 0
     err = capsys.readouterr().err
@@ -332,3 +335,50 @@ def test_scan_reader_is_picked_by_the_path(tmp_path):
     other.write_bytes(b"png")
     with pytest.raises(DataError, match=r"scan.png has an unknown format"):
         read_scan(other)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("FINDINGS:\nNo pulmonary nodules.\nNo evidence of emphysema.", False),
+        ("FINDINGS:\nIn the LUL, there is a 6.1 mm solid nodule. No calcification.", True),
+        ("", False),
+    ],
+)
+def test_a_candidate_is_a_nodule_when_its_findings_describe_one(text, expected):
+    from lungvlm.inference.report_analysis import describes_nodule
+
+    assert describes_nodule(_head(text, 0.1, {"2": 1.0})) is expected
+
+
+def test_unconfirmed_candidates_are_dropped_from_the_analysis(ckpt, phantom):
+    """With the lungs as candidates (constant segmentation logit) and an untrained decoder that
+    describes no nodule, confirmation drops every candidate and counts them."""
+    from lungvlm.inference.report_analysis import analyse_scan, load_report_model
+
+    rm = load_report_model(ckpt)
+    volume = read_dicom_series_from_case(phantom)
+    lungs = lung_mask(volume.array_hu, volume.spacing_mm)
+    kept = analyse_scan(rm, volume, lungs, cascade=False, confirm=False)
+    confirmed = analyse_scan(rm, volume, lungs, cascade=False, confirm=True)
+    n = len(kept.segmentation.instances)
+    described = sum(describes_nodule_text(h.text) for h in kept.heads)
+    assert n >= 1 and kept.n_unconfirmed == 0
+    assert len(confirmed.segmentation.instances) == len(confirmed.heads) == described
+    assert confirmed.n_unconfirmed == n - described
+
+
+def describes_nodule_text(text: str) -> bool:
+    from lungvlm.text.parser import parse_report
+
+    return bool(parse_report(text).nodules)
+
+
+def read_dicom_series_from_case(case):
+    """The phantom case as a CTVolume-like object (no files)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        array_hu=case.image_hu, spacing_mm=case.spacing_mm, origin_lps_mm=case.origin_lps_mm,
+        direction=np.eye(3), metadata={},
+    )  # fmt: skip

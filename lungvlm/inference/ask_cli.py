@@ -50,6 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--report", type=Path, help="folder of `lungvlm report` for this scan")
     parser.add_argument("--out", type=Path, help="write answer.json and heatmap PNGs here")
     parser.add_argument("--no-cascade", action="store_true", help="full sliding window")
+    parser.add_argument(
+        "--keep-unconfirmed", action="store_true",
+        help="number every segmentation component (as `report --keep-unconfirmed`)",
+    )  # fmt: skip
     parser.set_defaults(func=run)
     return parser
 
@@ -132,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
         measured = {k: entry[k] for k in ("mean_diameter_mm", "volume_mm3")}
     else:
         lungs = lung_mask(volume.array_hu, volume.spacing_mm)
-        analysis = analyse_scan(rm, volume, lungs, cascade=not args.no_cascade)
+        analysis = analyse_scan(
+            rm, volume, lungs, cascade=not args.no_cascade, confirm=not args.keep_unconfirmed
+        )
         order = rank_nodules(analysis)
         _check_nodule(args.nodule, len(order), args.scan)
         prepared = analysis.prepared

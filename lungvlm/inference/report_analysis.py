@@ -25,6 +25,11 @@ Which source wins (project conventions):
   features = spiculated margin. The exam category is
   :func:`~lungvlm.clinical.lungrads.categorize_exam`. The risk head's Lung-RADS probabilities are
   reported beside it, not used for the category.
+- **Which candidates are nodules**: a segmentation component is reported only when the model's
+  own findings for the crop centred on it describe a nodule (the parser reads at least one);
+  components it describes as "no pulmonary nodules" are dropped (a second-stage false-positive
+  filter by the vision-language model; ``confirm=False`` keeps every component). The count of
+  dropped components is kept in ``ScanAnalysis.n_unconfirmed``.
 - **Order**: nodules are ranked by volume-weighted risk, malignancy probability x volume (mm³),
   highest first; report index 1 is the top-ranked nodule.
 
@@ -41,7 +46,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +65,7 @@ from lungvlm.inference.scan import (
     segment_scan,
 )
 from lungvlm.lightning.checkpointing import CHECKPOINT_KEY, read_checkpoint
+from lungvlm.text.parser import parse_report
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +171,8 @@ class ScanAnalysis:
         heads: per instance (same order), the stage-3 head outputs.
         laa950_percent: %LAA-950 in the lung mask; None when the mask is empty.
         timings_s: seconds per step.
+        n_unconfirmed: segmentation components dropped because the model's findings for
+            their crop describe no nodule (module docstring).
     """
 
     prepared: PreparedScan
@@ -172,6 +180,7 @@ class ScanAnalysis:
     heads: list[NoduleHeadOutput]
     laa950_percent: float | None
     timings_s: dict[str, float] = field(default_factory=dict)
+    n_unconfirmed: int = 0
 
     @property
     def emphysema_grade(self) -> str | None:
@@ -204,7 +213,14 @@ def segment_volume(
     return prepared, segmentation, time.perf_counter() - start
 
 
-def analyse_scan(rm: ReportModel, volume, lung_mask: NDArray, cascade: bool = True) -> ScanAnalysis:
+def describes_nodule(head: NoduleHeadOutput) -> bool:
+    """Whether the generated findings of a candidate's crop describe at least one nodule."""
+    return bool(parse_report(head.text).nodules)
+
+
+def analyse_scan(
+    rm: ReportModel, volume, lung_mask: NDArray, cascade: bool = True, confirm: bool = True
+) -> ScanAnalysis:
     """Emphysema, segmentation and per-nodule heads of one scan (module docstring).
 
     Args:
@@ -212,6 +228,7 @@ def analyse_scan(rm: ReportModel, volume, lung_mask: NDArray, cascade: bool = Tr
         volume: CTVolume-like (``array_hu``, ``spacing_mm``, ``origin_lps_mm``, ``direction``).
         lung_mask: boolean lung mask on the scan's grid.
         cascade: use the adaptive-resolution cascade instead of the full sliding window.
+        confirm: keep only the components whose generated findings describe a nodule.
     """
     mask = np.asarray(lung_mask).astype(bool)
     if mask.shape != tuple(volume.array_hu.shape):
@@ -232,7 +249,17 @@ def analyse_scan(rm: ReportModel, volume, lung_mask: NDArray, cascade: bool = Tr
         heads.append(out)
         timings["nodule_heads"] += out.timings_s["heads"]
         timings["generation"] += out.timings_s["generation"]
-    return ScanAnalysis(prepared, segmentation, heads, laa, timings)
+    n_unconfirmed = 0
+    if confirm:
+        keep = [i for i, head in enumerate(heads) if describes_nodule(head)]
+        n_unconfirmed = len(heads) - len(keep)
+        instances = [segmentation.instances[i] for i in keep]
+        segmentation = replace(segmentation, instances=instances)
+        heads = [heads[i] for i in keep]
+        if n_unconfirmed:
+            log.info("%d of %d segmentation candidates not confirmed by their findings: dropped",
+                     n_unconfirmed, n_unconfirmed + len(keep))  # fmt: skip
+    return ScanAnalysis(prepared, segmentation, heads, laa, timings, n_unconfirmed)
 
 
 def rank_nodules(analysis: ScanAnalysis) -> list[int]:

@@ -104,6 +104,7 @@ def run_report(args: argparse.Namespace) -> int:
     result = generate_report(
         rm, volume, lungs, args.out, source, args.case_id or _case_id(scan), sources, prior,
         cascade=not args.no_cascade, overwrite=args.overwrite, timings_s=timings,
+        confirm=not args.keep_unconfirmed,
     )  # fmt: skip
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -156,6 +157,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="days between the prior and this scan (needed with --prior)")  # fmt: skip
     report.add_argument("--no-cascade", action="store_true",
                         help="full sliding window instead of the adaptive-resolution cascade")  # fmt: skip
+    report.add_argument("--keep-unconfirmed", action="store_true",
+                        help="report every segmentation component, also those whose generated "
+                        "findings describe no nodule")  # fmt: skip
     report.add_argument("--case-id", default=None, help="case name (default: the scan's name)")
     report.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     report.set_defaults(func=run_report)

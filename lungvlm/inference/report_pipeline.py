@@ -72,14 +72,20 @@ def _lung_image(volume, lung_mask):
 
 def compare_prior(
     rm: ReportModel, current_volume, current_lungs: NDArray, current: Sequence[MeasuredNodule],
-    prior: PriorScan, cascade: bool = True,
+    prior: PriorScan, cascade: bool = True, confirm: bool = True,
 ) -> tuple[list[NoduleComparison], list[str]]:  # fmt: skip
-    """Segment the prior, register it on the lungs and compare (:mod:`lungvlm.inference.prior`).
+    """Find the prior's nodules, register it on the lungs and compare
+    (:mod:`lungvlm.inference.prior`).
 
-    An empty lung mask makes registration impossible: the comparison then uses the scanner
-    coordinates as they are, with a warning.
+    The prior's candidates go through the same analysis as the current scan's (with
+    ``confirm``, only those whose findings describe a nodule count). An empty lung mask makes
+    registration impossible: the comparison then uses the scanner coordinates as they are,
+    with a warning.
     """
-    _, segmentation, _ = segment_volume(rm, prior.volume, prior.lung_mask, cascade)
+    if confirm:
+        segmentation = analyse_scan(rm, prior.volume, prior.lung_mask, cascade).segmentation
+    else:
+        _, segmentation, _ = segment_volume(rm, prior.volume, prior.lung_mask, cascade)
     nodules = [
         MeasuredNodule(n.centroid_world_mm, n.mean_diameter_mm, n.volume_mm3)
         for n in segmentation.instances
@@ -108,6 +114,7 @@ def generate_report(
     cascade: bool = True,
     overwrite: bool = False,
     timings_s: dict[str, float] | None = None,
+    confirm: bool = True,
 ) -> ReportResult:
     """Analyse a scan, compare it with a prior, assemble and write the report.
 
@@ -123,8 +130,10 @@ def generate_report(
         cascade: segment with the adaptive-resolution cascade.
         overwrite: replace an existing ``out_dir``.
         timings_s: seconds of steps done by the caller (e.g. "read", "lung_mask").
+        confirm: report only candidates whose generated findings describe a nodule
+            (:mod:`lungvlm.inference.report_analysis`).
     """
-    analysis = analyse_scan(rm, volume, lung_mask, cascade)
+    analysis = analyse_scan(rm, volume, lung_mask, cascade, confirm)
     analysis.timings_s = {**(timings_s or {}), **analysis.timings_s}
     comparisons, warnings, extra = None, [], []
     if prior is not None:
@@ -141,11 +150,18 @@ def generate_report(
         else:
             start = time.perf_counter()
             comparisons, notes = compare_prior(
-                rm, volume, lung_mask, analysis.measured_nodules(), prior, cascade
+                rm, volume, lung_mask, analysis.measured_nodules(), prior, cascade, confirm
             )
             warnings += notes
             analysis.timings_s["prior"] = time.perf_counter() - start
             extra = resolved_markdown(comparisons)
+    if analysis.n_unconfirmed:
+        extra = [
+            *extra,
+            f"{analysis.n_unconfirmed} segmentation candidate(s) are not reported: the model's "
+            "findings for their crops describe no nodule.",
+            "",
+        ]
     order = rank_nodules(analysis)
     report = assemble_report(
         rm, analysis, order, case_id, source, comparisons,

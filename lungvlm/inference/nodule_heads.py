@@ -38,8 +38,8 @@ from lungvlm.losses.survival import probability_event_by
 from lungvlm.models.generation import (
     generated_token_offsets,
     greedy_generate,
-    sentence_bounds,
     sentence_confidence,
+    sentence_token_groups,
 )
 from lungvlm.models.grounding import average_attention, token_heatmaps
 from lungvlm.text.tokenizer import encode_reports
@@ -118,26 +118,6 @@ def crop_start(centre_zyx: Sequence[float], size_vox: int) -> tuple[int, int, in
     return tuple(int(v) for v in start)  # type: ignore[return-value]
 
 
-def sentence_token_groups(
-    text: str, offsets: Sequence[tuple[int, int]]
-) -> list[tuple[str, list[int]]]:
-    """Sentences of ``text`` and the indices of their tokens, with the sentence split and token
-    assignment of :func:`~lungvlm.models.generation.sentence_confidence` (a token belongs to
-    the sentence holding its first non-space character; empty tokens belong to none)."""
-    bounds = sentence_bounds(text)
-    groups: list[list[int]] = [[] for _ in bounds]
-    for t, (tok_start, tok_end) in enumerate(offsets):
-        piece = text[tok_start:tok_end]
-        first = tok_start + len(piece) - len(piece.lstrip())
-        if tok_end <= tok_start or first >= tok_end:
-            continue
-        for i, (s, e) in enumerate(bounds):
-            if s <= first < e:
-                groups[i].append(t)
-                break
-    return [(text[s:e].strip(), g) for (s, e), g in zip(bounds, groups, strict=True)]
-
-
 @dataclass
 class NoduleCrops:
     """One nodule's crops through the encoder.
@@ -207,6 +187,7 @@ def run_nodule_heads(
     normalization: dict[str, float],
     temperature: float = 1.0,
     max_new_tokens: int | None = None,
+    crops: NoduleCrops | None = None,
 ) -> NoduleHeadOutput:
     """Run the stage-3 heads on the crops around one nodule (module docstring).
 
@@ -219,6 +200,8 @@ def run_nodule_heads(
         normalization: the checkpoint's ``hu_min``/``hu_max`` (for the air padding value).
         temperature: malignancy temperature (calibration); must be > 0.
         max_new_tokens: longest generated report; default the model's validation setting.
+        crops: the nodule's crops already through the encoder (:func:`encode_nodule`, same
+            centre); given, the encoder is not run again.
 
     Raises:
         ValueError: a model without stage-3 heads or tokenizer, or a temperature <= 0.
@@ -233,9 +216,10 @@ def run_nodule_heads(
     max_new = min(limit, max_new_tokens or model.vl_config.generation_max_new_tokens)
     device = next(model.parameters()).device
     start_t = time.perf_counter()
-    crops = encode_nodule(
-        model, prepared_image, centre_vox, crop_size_vox, context_scale, normalization
-    )
+    if crops is None:
+        crops = encode_nodule(
+            model, prepared_image, centre_vox, crop_size_vox, context_scale, normalization
+        )
     fine, tokens, geometry = crops.fine, crops.visual_tokens, crops.geometry
     heads_s = time.perf_counter() - start_t
 
@@ -276,7 +260,7 @@ def run_nodule_heads(
         concepts=dict(zip(CONCEPT_NAMES, (float(v) for v in concepts), strict=True)),
         text=text,
         sentences=sentences,
-        crop_start_vox=crop_start(centre_vox, crop_size_vox),
+        crop_start_vox=crops.crop_start_vox,
         timings_s={"heads": heads_s, "generation": generation_s},
     )
 

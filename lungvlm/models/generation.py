@@ -278,6 +278,26 @@ def sentence_bounds(text: str) -> list[tuple[int, int]]:
     return [(s, e) for s, e in bounds if text[s:e].strip()]
 
 
+def sentence_token_groups(
+    text: str, offsets: Sequence[tuple[int, int]]
+) -> list[tuple[str, list[int]]]:
+    """Sentences of ``text`` (:func:`sentence_bounds`) and the indices of their tokens: a token
+    belongs to the sentence holding its first non-space character; tokens with empty offsets
+    (special tokens) and pure white-space tokens belong to none."""
+    bounds = sentence_bounds(text)
+    groups: list[list[int]] = [[] for _ in bounds]
+    for t, (tok_start, tok_end) in enumerate(offsets):
+        piece = text[tok_start:tok_end]
+        first = tok_start + len(piece) - len(piece.lstrip())
+        if tok_end <= tok_start or first >= tok_end:
+            continue
+        for i, (s, e) in enumerate(bounds):
+            if s <= first < e:
+                groups[i].append(t)
+                break
+    return [(text[s:e].strip(), g) for (s, e), g in zip(bounds, groups, strict=True)]
+
+
 def sentence_confidence(
     text: str, token_offsets: Sequence[tuple[int, int]], token_entropies: Sequence[float] | Tensor
 ) -> list[tuple[str, float]]:
@@ -303,22 +323,9 @@ def sentence_confidence(
             f"token_offsets ({len(token_offsets)}) and token_entropies ({len(entropies)}) "
             "must have one entry per token"
         )
-    bounds = sentence_bounds(text)
-    sums = [0.0] * len(bounds)
-    counts = [0] * len(bounds)
-    for (tok_start, tok_end), entropy in zip(token_offsets, entropies, strict=True):
-        piece = text[tok_start:tok_end]
-        first = tok_start + len(piece) - len(piece.lstrip())
-        if tok_end <= tok_start or first >= tok_end:
-            continue
-        for i, (s, e) in enumerate(bounds):
-            if s <= first < e:
-                sums[i] += entropy
-                counts[i] += 1
-                break
     return [
-        (text[s:e].strip(), math.exp(-sums[i] / counts[i]) if counts[i] else 1.0)
-        for i, (s, e) in enumerate(bounds)
+        (sentence, math.exp(-sum(entropies[t] for t in tokens) / len(tokens)) if tokens else 1.0)
+        for sentence, tokens in sentence_token_groups(text, token_offsets)
     ]
 
 
@@ -327,5 +334,7 @@ __all__ = [
     "beam_search_generate",
     "generated_token_offsets",
     "greedy_generate",
+    "sentence_bounds",
     "sentence_confidence",
+    "sentence_token_groups",
 ]

@@ -40,7 +40,7 @@ phantom: $(STAMP) ## Write 4 phantom chest CTs with labels, reports and a previe
 
 STAGE1_CKPT := $(RUNS)/stage1/checkpoints/last.ckpt
 STAGE2_CKPT := $(RUNS)/stage2/checkpoints/last.ckpt
-LANGUAGE_CKPT := $(RUNS)/language/language.pt
+LANGUAGE_CKPT := $(RUNS)/language/checkpoints/last.ckpt
 
 train-stage1: $(STAMP) ## Stage 1: masked-volume pretraining of the encoder on phantoms
 	$(VENV)/bin/lungvlm fit --config experiments/base.yaml --config experiments/stage1.yaml
@@ -54,8 +54,8 @@ $(STAGE1_CKPT): | $(STAMP)
 $(STAGE2_CKPT): | $(STAGE1_CKPT)
 	$(MAKE) train-stage2
 
-train-language: $(STAMP) ## Pretrain the report decoder on text (causal LM + report coherence) into $(RUNS)/language/language.pt
-	$(VENV)/bin/lungvlm pretrain-language --config experiments/base.yaml --config experiments/stage3.yaml --out $(LANGUAGE_CKPT)
+train-language: $(STAMP) ## Stage language: the report decoder on text (causal LM + report coherence) into $(RUNS)/language
+	$(VENV)/bin/lungvlm fit --config experiments/base.yaml --config experiments/language.yaml
 
 # Stage 3's fresh decoder starts from the language checkpoint (model.vl.language_init).
 $(LANGUAGE_CKPT): | $(STAMP)

@@ -33,7 +33,7 @@ from torch import Tensor
 from benchmarks.bench_training import class_factory, stage_config
 from lungvlm.models.generation import greedy_generate
 from lungvlm.models.report_decoder import ReportDecoder
-from lungvlm.models.vlm import VisionLanguageHeads
+from lungvlm.models.vision_language import VisionLanguageHeads
 
 
 def build_decoder(crop: int, batch_size: int, seed: int = 0) -> tuple[ReportDecoder, Tensor]:

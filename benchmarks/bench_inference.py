@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from data_modules.lung_mask import lung_mask
 from data_modules.phantom import PhantomConfig, generate_case
+from lungvlm.imaging.lung_mask import lung_mask
 from lungvlm.inference.cascade import segment_scan_cascade
 from lungvlm.inference.scan import prepare_scan, segment_scan
 from lungvlm.lightning.module import LungVLMModule

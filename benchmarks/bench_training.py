@@ -32,10 +32,10 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from data_modules.batch import LungBatch, NoduleSample, ReportSpan, collate_samples
 from lungvlm.labels import CONCEPT_NAMES
 from lungvlm.lightning.module import STAGES, LungVLMModule
-from lungvlm.lightning.vl_task import VisionLanguageConfig
+from lungvlm.lightning.vision_language import VisionLanguageConfig
+from lungvlm.types import LungBatch, NoduleSample, ReportSpan, collate_samples
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 STAGE_FILES: dict[str, str] = {

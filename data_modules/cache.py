@@ -27,14 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 from numpy.typing import NDArray
 
 from data_modules.io import CTVolume
-from data_modules.lung_mask import LUNG_THRESHOLD_HU, bounding_box, lung_mask
-from lungvlm.clinical.hu import normalize_hu
+from lungvlm.clinical.hu import DEFAULT_NORMALIZATION_RANGE_HU, normalize_hu
+from lungvlm.imaging.lung_mask import LUNG_THRESHOLD_HU, bounding_box, lung_mask
+from lungvlm.imaging.resample import resample_to_spacing
 
-CACHE_SCHEMA_VERSION = 1
+#: 2: resampled by lungvlm.imaging.resample (edge values repeat instead of hu_min).
+CACHE_SCHEMA_VERSION = 2
 CASE_FILES = ("image.npy", "mask.npy", "lung.npy", "case.json")
 TEMP_PREFIX = ".tmp-"
 IMAGE_DTYPES = ("float16", "float32")
@@ -53,8 +54,8 @@ class CacheSpec:
     """
 
     spacing_mm: float = 1.0
-    hu_min: float = -1000.0
-    hu_max: float = 400.0
+    hu_min: float = DEFAULT_NORMALIZATION_RANGE_HU[0]
+    hu_max: float = DEFAULT_NORMALIZATION_RANGE_HU[1]
     margin_mm: float = 10.0
     image_dtype: str = "float16"
 
@@ -77,38 +78,6 @@ class CacheSpec:
             "normalization": "lungvlm.clinical.hu.normalize_hu",
             "schema_version": CACHE_SCHEMA_VERSION,
         }
-
-
-def resample(
-    image: sitk.Image, spacing_mm: float, interpolator: int, default_value: float
-) -> sitk.Image:
-    """Resample onto an isotropic grid with the same origin, direction and physical extent.
-
-    The new size along each axis is ``round(size * spacing / spacing_mm)`` (at least 1), so an
-    image already at ``spacing_mm`` keeps its exact grid and voxel values.
-    """
-    old_spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
-    old_size = np.asarray(image.GetSize(), dtype=np.float64)
-    new_size = [max(1, int(round(n))) for n in old_size * old_spacing / spacing_mm]
-    return sitk.Resample(
-        image,
-        new_size,
-        sitk.Transform(),
-        interpolator,
-        image.GetOrigin(),
-        (spacing_mm,) * 3,
-        image.GetDirection(),
-        default_value,
-        image.GetPixelID(),
-    )
-
-
-def _label_image(label_map: NDArray[np.uint8], volume: CTVolume) -> sitk.Image:
-    image = sitk.GetImageFromArray(np.ascontiguousarray(label_map, dtype=np.uint8))
-    image.SetSpacing(volume.spacing_mm[::-1])
-    image.SetOrigin(volume.origin_lps_mm)
-    image.SetDirection(tuple(volume.direction.reshape(-1)))
-    return image
 
 
 def _paint_ball(labels: NDArray[np.uint8], grid: CTVolume, nodule: dict[str, Any]) -> None:
@@ -154,16 +123,16 @@ def build_case(
         nodule gets ``centroid_voxel_zyx`` (cache grid; the label's voxel centroid when it
         survives resampling, else its world centre mapped to the grid) and ``in_mask``.
     """
-    image = resample(volume.to_sitk(), spec.spacing_mm, sitk.sitkLinear, spec.hu_min)
-    grid = CTVolume.from_sitk(image)
+    # The one resampler (lungvlm.imaging.resample), as inference uses: same grid, same values.
+    image = resample_to_spacing(volume.array_hu, volume.spacing_mm, spec.spacing_mm, order=1)
+    spacing = (float(spec.spacing_mm),) * 3
+    grid = CTVolume(image, spacing, volume.origin_lps_mm, volume.direction)
     labels = np.zeros(grid.shape, dtype=np.uint8)
     if label_map is not None:
         if label_map.shape != volume.shape:
             raise ValueError(f"label_map shape {label_map.shape} != volume {volume.shape}")
-        lab = resample(
-            _label_image(label_map, volume), spec.spacing_mm, sitk.sitkNearestNeighbor, 0
-        )
-        labels = sitk.GetArrayFromImage(lab).astype(np.uint8)
+        lab = np.ascontiguousarray(label_map, dtype=np.uint8)
+        labels = resample_to_spacing(lab, volume.spacing_mm, spec.spacing_mm, order=0)
     if paint_balls:
         for nodule in nodules:
             _paint_ball(labels, grid, nodule)
@@ -212,7 +181,7 @@ def build_case(
         },
         "image_dtype": spec.image_dtype,
         "lung": {
-            "method": "data_modules.lung_mask.lung_mask",
+            "method": "lungvlm.imaging.lung_mask.lung_mask",
             "threshold_hu": LUNG_THRESHOLD_HU,
             "voxels": int(lungs.sum()),
             "empty": not bool(lungs.any()),

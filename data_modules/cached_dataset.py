@@ -27,13 +27,13 @@ import torch
 from numpy.typing import NDArray
 from torch.utils.data import Dataset
 
-from data_modules.batch import NoduleSample
 from data_modules.cache import list_cached_cases, load_case_arrays, load_case_json, read_cache_spec
 from data_modules.io import MALIGNANCY_RULES, binarize_malignancy
 from data_modules.loaders import LungBatchLoadersMixin
 from data_modules.sampling import context_crop, crop_around
 from data_modules.transforms import augment, train_augmentation
 from lungvlm.labels import CONCEPT_NAMES, concept_to_unit
+from lungvlm.types import NoduleSample
 
 LIDC_RATING_NAMES = {"internal_structure": "internalStructure"}
 NEGATIVE_TRIES = 30

@@ -3,7 +3,7 @@
 Build the cache once with ``lungvlm preprocess lidc --src <LIDC-IDRI> --dst <cache>``
 (:mod:`data_modules.preprocess`). Splits are by patient (LIDC holds a few patients with two CT
 series, ``reference/lidc-idri.md``): seeded, a patient's series all in one split. Samples are
-:class:`~data_modules.batch.NoduleSample` like the phantom DataModule's, with segmentation,
+:class:`~lungvlm.types.NoduleSample` like the phantom DataModule's, with segmentation,
 malignancy and concept labels; Lung-RADS, growth and report text are absent (masked).
 """
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from data_modules.batch import LungBatch, collate_samples
+from lungvlm.types import LungBatch, collate_samples
 
 
 class LungBatchLoadersMixin:
-    """Train/val/test DataLoaders of :class:`~data_modules.batch.LungBatch` for a DataModule.
+    """Train/val/test DataLoaders of :class:`~lungvlm.types.LungBatch` for a DataModule.
 
     The DataModule provides ``self.datasets`` (split name -> Dataset), ``setup()`` and the
     hyper-parameters ``batch_size``, ``seed``, ``num_workers`` and ``persistent_workers``.
@@ -31,7 +31,7 @@ class LungBatchLoadersMixin:
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches of :class:`~data_modules.batch.LungBatch`."""
+        """Shuffled training batches of :class:`~lungvlm.types.LungBatch`."""
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -45,5 +45,5 @@ class LungBatchLoadersMixin:
     def transfer_batch_to_device(
         self, batch: LungBatch, device: torch.device, dataloader_idx: int
     ) -> LungBatch:
-        """Move a :class:`~data_modules.batch.LungBatch` with its own ``to``."""
+        """Move a :class:`~lungvlm.types.LungBatch` with its own ``to``."""
         return batch.to(device)

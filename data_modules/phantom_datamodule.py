@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data_modules.batch import NoduleSample, ReportSpan
 from data_modules.loaders import LungBatchLoadersMixin
 from data_modules.phantom.generator import SHAPE_SOURCES, PhantomConfig
 from data_modules.phantom.patch import make_nodule_sample
@@ -33,10 +32,13 @@ from data_modules.transforms import augment, train_augmentation
 from lungvlm.clinical.hu import normalize_hu
 from lungvlm.labels import CONCEPT_NAMES, concept_to_unit, lungrads_index
 from lungvlm.text.qa import sample_qa
+from lungvlm.types import NoduleSample, ReportSpan
 
 SPLIT_OFFSETS: dict[str, int] = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 SEED_STRIDE: int = 3_000_000
-CACHE_VERSION: int = 2  # 2: crop reports no longer state the scan slice number
+CACHE_VERSION: int = 3  # 3: .npz + JSON instead of a torch pickle; 2: no slice number in crop reports
+#: Arrays of a cached sample; everything else is stored as JSON beside them.
+_CACHE_ARRAYS: tuple[str, ...] = ("image", "context", "mask", "concepts")
 
 
 def split_seed_base(split: str, seed: int) -> int:
@@ -81,6 +83,48 @@ def _stored_sample(
     }
 
 
+def write_cached_sample(path: Path, data: dict[str, Any]) -> None:
+    """Write a stored sample as ``.npz``: its arrays plus the rest as one JSON string.
+
+    Written to a temporary file in the same folder and renamed, so a reader never sees a
+    half-written file. No pickle: :func:`read_cached_sample` loads with ``allow_pickle=False``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rest = {k: v for k, v in data.items() if k not in _CACHE_ARRAYS}
+    arrays = {k: np.asarray(data[k]) for k in _CACHE_ARRAYS}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays, json=np.array(json.dumps(rest)))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_cached_sample(path: Path) -> dict[str, Any]:
+    """Read a sample written by :func:`write_cached_sample` (never unpickles).
+
+    Raises:
+        ValueError: the file is not such a cache entry (names the file).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            data = {k: stored[k] for k in _CACHE_ARRAYS}
+            rest = json.loads(str(stored["json"]))
+    except (OSError, KeyError, ValueError) as err:
+        raise ValueError(
+            f"phantom cache file {path} is not a readable LungVLM cache entry ({err}); "
+            "delete it and it is rendered again"
+        ) from err
+    rest["spacing_mm"] = tuple(rest["spacing_mm"])
+    rest["context_spacing_mm"] = tuple(rest["context_spacing_mm"])
+    if rest.get("growth") is not None:
+        rest["growth"] = tuple(rest["growth"])
+    return {**data, **rest}
+
+
 class PhantomNoduleDataset(Dataset):
     """``n`` phantom crops with seeds ``seed_base .. seed_base + n - 1`` (see module docstring)."""
 
@@ -117,7 +161,7 @@ class PhantomNoduleDataset(Dataset):
         # Keyed per sample by what it renders, so data modules with other fractions share it.
         key = json.dumps([CACHE_VERSION, repr(self.config), kind], sort_keys=True)
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-        return self.cache_dir / f"phantom-{digest}-{seed}.pt"
+        return self.cache_dir / f"phantom-{digest}-{seed}.npz"
 
     def _load(self, seed: int) -> dict[str, Any]:
         kind = self.sample_kind(seed)
@@ -126,13 +170,9 @@ class PhantomNoduleDataset(Dataset):
             return _stored_sample(seed, self.config, positive, site)
         path = self._cache_path(seed, kind)
         if path.is_file():
-            return torch.load(path, weights_only=False)
+            return read_cached_sample(path)
         data = _stored_sample(seed, self.config, positive, site)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
-        os.close(fd)
-        torch.save(data, tmp)
-        os.replace(tmp, path)  # atomic: readers never see a half-written file
+        write_cached_sample(path, data)
         return data
 
     def __getitem__(self, index: int) -> NoduleSample:

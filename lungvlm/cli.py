@@ -1,9 +1,10 @@
-"""The one ``lungvlm`` entry point.
+"""The one ``lungvlm`` entry point: a table of commands, each imported only when it runs.
 
-``lungvlm fit|validate|test|predict`` run LightningCLI on the YAML configs in ``experiments/``
-(layered: ``--config experiments/base.yaml --config experiments/stage2.yaml``); every other
-subcommand (``phantom``, ...) is a plain argparse command registered by its own module. This
-is the only place where ``lungvlm`` imports ``data_modules``: it wires the two together.
+``lungvlm --help`` imports nothing but this file; ``lungvlm <command> --help`` imports only that
+command's module, whose top level holds argparse code only (the library, torch and Lightning are
+imported inside its ``run``). ``fit``, ``validate`` and ``test`` are LightningCLI
+(:mod:`lungvlm.commands.fit`); every other command is a plain argparse command registered by its
+module in :mod:`lungvlm.commands`.
 """
 
 from __future__ import annotations
@@ -14,50 +15,60 @@ import logging
 import sys
 from collections.abc import Sequence
 
+#: LightningCLI subcommands: name -> one-line help.
 LIGHTNING_COMMANDS: dict[str, str] = {
-    "fit": "train a stage from a YAML config (e.g. experiments/stage3.yaml)",
-    "validate": "run the validation loop of a config/checkpoint",
-    "test": "run the test loop of a config/checkpoint",
-    "predict": "run the predict loop of a config/checkpoint",
+    "fit": "train a stage from layered YAML configs (experiments/base.yaml + stageN.yaml)",
+    "validate": "run the validation loop of a config and checkpoint",
+    "test": "run the test loop of a config and checkpoint",
 }
 
-#: Plain subcommands: (name, module defining ``register(subparsers)``).
-PLAIN_COMMANDS: tuple[tuple[str, str], ...] = (
-    ("phantom", "data_modules.phantom.cli"),
-    ("preprocess", "data_modules.preprocess_cli"),
-    ("report", "lungvlm.inference.report_cli"),
-    ("ask", "lungvlm.inference.ask_cli"),
-    ("evaluate", "lungvlm.inference.evaluate_cli"),
-    ("evaluate-reports", "lungvlm.inference.report_eval_cli"),
-    ("sweep", "lungvlm.sweep.cli"),
-    ("pretrain-language", "lungvlm.lightning.language_cli"),
+#: Plain subcommands: name -> (module defining ``register(subparsers)``, one-line help).
+PLAIN_COMMANDS: dict[str, tuple[str, str]] = {
+    "report": ("lungvlm.commands.report", "write the report folder of one CT (md, json, HTML, NIfTI, DICOM SEG/SR)"),
+    "predict": ("lungvlm.commands.predict", "reports for many CTs (a folder or a CSV) with a summary CSV; resumes"),
+    "ask": ("lungvlm.commands.ask", "answer a question about one reported nodule, with heatmaps"),
+    "calibrate": ("lungvlm.commands.calibrate", "fit the sentence-confidence threshold and malignancy temperature"),
+    "evaluate": ("lungvlm.commands.evaluate", "whole-chest detection: per-nodule Dice, FROC/CPM, FPs per scan"),
+    "evaluate-reports": ("lungvlm.commands.evaluate_reports", "score whole-exam reports against phantom truth"),
+    "export-onnx": ("lungvlm.commands.export_onnx", "export encoder + segmentation head to ONNX (parity-checked)"),
+    "phantom": ("lungvlm.commands.phantom", "write synthetic chest CTs with nodules, labels and reports"),
+    "preprocess": ("lungvlm.commands.preprocess", "resample LIDC-IDRI / LUNA16 / phantom data into the training cache"),
+    "sweep": ("lungvlm.commands.sweep", "Optuna hyper-parameter sweep over a stage's config"),
+}  # fmt: skip
+
+DESCRIPTION = (
+    "LungVLM: explainable lung-nodule segmentation, risk scoring and grounded report generation "
+    "from chest CT."
 )
 
 
-def build_plain_parser() -> argparse.ArgumentParser:
-    """Build the argparse parser of the plain (non-Lightning) subcommands."""
+def _epilog() -> str:
+    lines = ["commands:"]
+    for name, text in LIGHTNING_COMMANDS.items():
+        lines.append(f"  {name:<17} {text}")
+    for name, (_module, text) in PLAIN_COMMANDS.items():
+        lines.append(f"  {name:<17} {text}")
+    lines.append("")
+    lines.append("`lungvlm COMMAND --help` lists a command's options.")
+    return "\n".join(lines)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; with ``command``, that plain command's sub-parser is registered.
+
+    Only ``command``'s module is imported, so building the parser stays cheap.
+    """
     parser = argparse.ArgumentParser(
         prog="lungvlm",
-        description=(
-            "LungVLM: explainable lung-nodule segmentation, risk scoring and grounded "
-            "report generation from chest CT."
-        ),
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Training and evaluation (LightningCLI; `lungvlm fit --help` for options):\n"
-        + "\n".join(f"  {name:<10} {text}" for name, text in LIGHTNING_COMMANDS.items()),
+        epilog=_epilog(),
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for _name, module_name in PLAIN_COMMANDS:
-        module = importlib.import_module(module_name)
+    if command is not None:
+        module = importlib.import_module(PLAIN_COMMANDS[command][0])
         module.register(subparsers)
     return parser
-
-
-def run_lightning(argv: Sequence[str]) -> None:
-    """Run LightningCLI with ``argv`` (first element is fit/validate/test/predict)."""
-    from lungvlm.lightning.cli import LungVLMCLI
-
-    LungVLMCLI(args=list(argv))
 
 
 class _LiveStderrHandler(logging.StreamHandler):
@@ -84,6 +95,14 @@ def configure_logging(level: int = logging.INFO) -> None:
         logger.propagate = False
 
 
+def _suggest(name: str) -> str:
+    import difflib
+
+    names = [*LIGHTNING_COMMANDS, *PLAIN_COMMANDS]
+    close = difflib.get_close_matches(name, names, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lungvlm`` console script.
 
@@ -91,26 +110,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: command-line arguments without the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        The process exit code (0 on success).
+        The process exit code: 0 on success, 2 on bad input (one line on stderr naming the file
+        or option and the problem).
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        build_parser().print_help()
+        return 0
     configure_logging()
-    if args and args[0] in LIGHTNING_COMMANDS:
-        run_lightning(args)
+    command = args[0]
+    if command in LIGHTNING_COMMANDS:
+        from lungvlm.commands.fit import run_lightning
+
+        try:
+            run_lightning(args)
+        except ValueError as err:
+            print(f"lungvlm {command}: error: {err}", file=sys.stderr)
+            return 2
         return 0
-    parser = build_plain_parser()
-    if not args:
-        parser.print_help()
-        return 0
-    namespace = parser.parse_args(args)
-    if namespace.command is None:
-        parser.print_help()
-        return 0
+    if command not in PLAIN_COMMANDS:
+        print(
+            f"lungvlm: error: unknown command {command!r}{_suggest(command)} "
+            "(`lungvlm --help` lists them)",
+            file=sys.stderr,
+        )
+        return 2
+    namespace = build_parser(command).parse_args(args)
     try:
         result = namespace.func(namespace)
-    except (ValueError, FileNotFoundError, OSError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, OSError) as err:
         # Bad input (a data file, a folder, a checkpoint): one clear line, non-zero exit.
-        print(f"lungvlm {namespace.command}: error: {err}", file=sys.stderr)
+        print(f"lungvlm {command}: error: {err}", file=sys.stderr)
         return 2
     return int(result or 0)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules.batch import LungBatch, NoduleSample, ReportSpan, collate_samples
 from lungvlm.labels import CONCEPT_NAMES
+from lungvlm.types import LungBatch, NoduleSample, ReportSpan, collate_samples
 
 TINY_ENCODER = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1), "fpn_channels": 8}
 

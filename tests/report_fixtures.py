@@ -30,7 +30,7 @@ MODEL_CONFIG = {
         "init_args": {"deep_supervision_levels": [0, 1, 2]},
     },
     "vl_heads": {
-        "class_path": "lungvlm.models.vlm.VisionLanguageHeads",
+        "class_path": "lungvlm.models.vision_language.VisionLanguageHeads",
         "init_args": {"vocab_size": 300, "d_model": 32, "n_layers": 1, "n_heads": 2,
                       "max_length": 40, "dropout": 0.0, "embed_dim": 16, "risk_hidden_dim": 16,
                       "mask_pooling": True},

@@ -74,7 +74,7 @@ def test_nodule_out_of_range_names_the_scan(ckpt, dicom_dir, report_dir, k, caps
     args = ["ask", str(dicom_dir), "Is it calcified?", "--ckpt", str(ckpt), "--nodule", k]
     assert cli.main([*args, "--report", str(report_dir)]) == 2
     err = capsys.readouterr().err
-    assert f"--nodule {k} is out of range" in err
+    assert f"nodule {k} is out of range" in err
     if k == "99":
         count = len(json.loads((report_dir / "report.json").read_text())["nodules"])
         assert str(dicom_dir) in err and f"{count} nodule(s)" in err

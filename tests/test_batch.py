@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from data_modules.batch import LungBatch, collate_samples
+from lungvlm.types import LungBatch, collate_samples
 from tests.conftest import sphere_batch, sphere_sample
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from lungvlm.inference.calibration import (
-    CALIBRATION_KEY,
     binary_nll,
     calibrate,
     expected_calibration_error,
@@ -17,10 +16,13 @@ from lungvlm.inference.calibration import (
     risk_coverage,
     select_sentence_threshold,
     sentence_correct,
-    write_calibrated_checkpoint,
 )
 from lungvlm.inference.report_analysis import load_report_model
-from lungvlm.lightning.checkpointing import CHECKPOINT_KEY
+from lungvlm.lightning.checkpoint import (
+    CALIBRATION_KEY,
+    CHECKPOINT_KEY,
+    write_calibrated_checkpoint,
+)
 from tests.report_fixtures import write_stage3_checkpoint
 from tests.test_report_pipeline import run_cli
 
@@ -106,10 +108,10 @@ def test_calibrated_checkpoint_is_a_new_file(tmp_path):
     result = calibrate(CONFIDENCES, CORRECT, *overconfident_set())
     out = write_calibrated_checkpoint(path, result)
     assert out == tmp_path / "model_calibrated.ckpt"
-    stored = torch.load(out, weights_only=False)[CHECKPOINT_KEY][CALIBRATION_KEY]
+    stored = torch.load(out, weights_only=True)[CHECKPOINT_KEY][CALIBRATION_KEY]
     assert stored["sentence_threshold"] == 0.5
     assert stored["malignancy_temperature"] == pytest.approx(result.malignancy_temperature)
-    assert CALIBRATION_KEY not in torch.load(path, weights_only=False)[CHECKPOINT_KEY]
+    assert CALIBRATION_KEY not in torch.load(path, weights_only=True)[CHECKPOINT_KEY]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -121,7 +123,7 @@ def test_calibrate_command_on_phantom_validation_crops(tmp_path, capsys):
     assert "coverage" in printed and "last_calibrated.ckpt" in printed
     rm = load_report_model(tmp_path / "last_calibrated.ckpt")
     assert rm.settings.calibrated
-    stored = torch.load(tmp_path / "last_calibrated.ckpt", weights_only=False)[CHECKPOINT_KEY]
+    stored = torch.load(tmp_path / "last_calibrated.ckpt", weights_only=True)[CHECKPOINT_KEY]
     calibration = stored[CALIBRATION_KEY]
     assert rm.settings.sentence_threshold == calibration["sentence_threshold"]
     assert calibration["target_precision"] == 0.9

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from lungvlm.cli import build_plain_parser, main
-from lungvlm.lightning.cli import LungVLMCLI, resolve_precision
+from lungvlm.cli import PLAIN_COMMANDS, build_parser, main
+from lungvlm.commands.fit import LungVLMCLI, resolve_precision
 from lungvlm.lightning.module import LungVLMModule
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -68,7 +70,36 @@ def test_help_lists_every_command(capsys):
     text = capsys.readouterr().out
     for command in ("fit", "validate", "test", "predict", "phantom"):
         assert command in text
-    assert build_plain_parser().prog == "lungvlm"
+    assert build_parser().prog == "lungvlm"
+
+
+HEAVY_MODULES = ("torch", "lightning", "monai", "transformers", "data_modules")
+
+
+@pytest.mark.parametrize("command", [None, *PLAIN_COMMANDS])
+def test_help_imports_no_heavy_library(command):
+    """`lungvlm --help` and `lungvlm COMMAND --help` import neither torch nor Lightning (fast)."""
+    argv = ["--help"] if command is None else [command, "--help"]
+    code = (
+        "import sys\n"
+        "from lungvlm.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]", out
+    if command is not None:
+        assert f"usage: lungvlm {command}" in out
+
+
+def test_unknown_command_suggests_the_nearest(capsys):
+    assert main(["reprot"]) == 2
+    assert "did you mean 'report'?" in capsys.readouterr().err
 
 
 def test_fast_dev_run_of_stage3_debug_config(tmp_path):

@@ -7,12 +7,9 @@ import math
 import pytest
 import torch
 
-from lungvlm.losses.contrastive import (
-    ContrastiveAlignment,
-    info_nce,
-    retrieval_recall_at_k,
-    zero_shot_scores,
-)
+from lungvlm.losses.contrastive import info_nce
+from lungvlm.metrics.report import retrieval_recall_at_k
+from lungvlm.models.contrastive import ContrastiveAlignment, zero_shot_scores
 
 
 def _ce(row: list[float], target: int) -> float:
@@ -71,17 +68,14 @@ def test_alignment_learns_pairs():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.1 * first
-    assert retrieval_recall_at_k(align.similarity(visual, text), 1) == 1.0
+    assert retrieval_recall_at_k(align.similarity(visual, text), 1).item() == 1.0
 
 
-def test_retrieval_recall_at_k():
+def test_retrieval_recall_at_k_on_alignment_similarities():
+    """The one recall@k (``lungvlm.metrics.report``) on a contrastive similarity matrix."""
     sim = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.7, 0.0], [0.1, 0.2, 0.3]])
-    assert retrieval_recall_at_k(sim, 1) == pytest.approx(2 / 3)  # row 1 ranks its pair 2nd
-    assert retrieval_recall_at_k(sim, 2) == 1.0
-    with pytest.raises(ValueError, match=r"k must be in \[1, 3\]"):
-        retrieval_recall_at_k(sim, 4)
-    with pytest.raises(ValueError, match="square"):
-        retrieval_recall_at_k(sim[:2], 1)
+    assert retrieval_recall_at_k(sim, 1).item() == pytest.approx(2 / 3)  # row 1 ranks its pair 2nd
+    assert retrieval_recall_at_k(sim, 2).item() == 1.0
 
 
 def test_zero_shot_scores_hand_value():

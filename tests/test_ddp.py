@@ -12,10 +12,10 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader
 
-from data_modules.batch import collate_samples
 from lungvlm.lightning.module import LungVLMModule
 from lungvlm.models.encoder import MultiScaleEncoder3D
 from lungvlm.models.heads.segmentation import SegmentationHead
+from lungvlm.types import collate_samples
 from tests.conftest import TINY_ENCODER, sphere_sample
 
 CROP_VOX = 24

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from lungvlm.inference.evaluate import EvaluationScan, evaluate_scans
+from lungvlm.evaluation.detection import EvaluationScan, evaluate_scans
 from tests.test_inference_scan import GAIN, BrightnessModel
 
 

@@ -10,9 +10,9 @@ from torch import nn
 
 from data_modules.sampling import context_crop
 from lungvlm.inference.cascade import segment_scan_cascade
-from lungvlm.inference.scan import grid_affine, load_model, prepare_scan, segment_scan
+from lungvlm.inference.scan import grid_affine, prepare_scan, segment_scan
 from lungvlm.inference.windows import _context_window, sliding_window_probability
-from lungvlm.lightning.checkpointing import CHECKPOINT_KEY, inference_metadata
+from lungvlm.lightning.checkpoint import CHECKPOINT_KEY, inference_metadata, load_model
 from lungvlm.lightning.module import LungVLMModule
 from lungvlm.models.encoder import MultiScaleEncoder3D
 from lungvlm.models.heads.reconstruction import ReconstructionHead

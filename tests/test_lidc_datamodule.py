@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_modules.batch import LungBatch
 from data_modules.cache import CacheSpec, load_case_json
 from data_modules.cached_dataset import CachedNoduleDataset, patient_split
 from data_modules.lidc import LIDCDataModule
@@ -16,6 +15,7 @@ from data_modules.phantom.writers import write_lidc_tree
 from data_modules.preprocess import preprocess
 from data_modules.sampling import crop_around
 from lungvlm.labels import CONCEPT_NAMES, concept_to_unit
+from lungvlm.types import LungBatch
 
 TINY = PhantomConfig.tiny(
     shape_zyx=(24, 40, 40), z_extent_mm=160.0, with_report=False, n_nodules=(1, 1)

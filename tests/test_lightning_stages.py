@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data_modules.batch import collate_samples
-from lungvlm.lightning.checkpointing import CHECKPOINT_KEY, read_checkpoint
+from lungvlm.lightning.checkpoint import CHECKPOINT_KEY, read_checkpoint
 from lungvlm.lightning.module import LungVLMModule
 from lungvlm.models.encoder import MultiScaleEncoder3D
 from lungvlm.models.heads.reconstruction import ReconstructionHead
 from lungvlm.models.heads.segmentation import SegmentationHead
+from lungvlm.types import collate_samples
 from tests.conftest import TINY_ENCODER, sphere_batch, sphere_sample
 
 

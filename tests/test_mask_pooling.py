@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lungvlm.models.encoder import MultiScaleEncoder3D
-from lungvlm.models.vlm import VisionLanguageHeads
+from lungvlm.models.vision_language import VisionLanguageHeads
 from tests.conftest import TINY_ENCODER
 
 

@@ -28,9 +28,9 @@ from data_modules.phantom.writers import (
     write_lidc_tree,
     write_luna16_tree,
 )
-from data_modules.phantom.writers_cli import add_format_arguments, write_phantom_set
 from data_modules.preprocess import PreprocessOptions, preprocess
 from lungvlm.clinical.measure import measure_nodule
+from lungvlm.commands.phantom_formats import add_format_arguments, write_phantom_set
 from lungvlm.labels import CONCEPT_NAMES
 
 CONFIG = PhantomConfig.tiny(

@@ -20,11 +20,11 @@ from data_modules.cache import (
     resample,
 )
 from data_modules.io import CTVolume
-from data_modules.lung_mask import bounding_box, lung_mask
 from data_modules.phantom.generator import PhantomConfig, generate_case
 from data_modules.phantom.writers import write_lidc_tree
 from data_modules.preprocess import discover_cases, preprocess, read_failures
-from data_modules.preprocess_cli import register
+from lungvlm.commands.preprocess import register
+from lungvlm.imaging.lung_mask import bounding_box, lung_mask
 
 TINY = PhantomConfig.tiny(shape_zyx=(24, 40, 40), z_extent_mm=160.0, with_report=False)
 SPEC = CacheSpec(spacing_mm=4.0)
@@ -184,3 +184,16 @@ def test_cli_parses_and_runs(tmp_path: Path):
         preprocess("lidc", tmp_path / "missing", tmp_path / "c2", progress=False)
     with pytest.raises(ValueError, match="format must be one of"):
         discover_cases("nifti", src)
+
+
+def test_preprocess_command_choices_match_the_data_modules():
+    """The command spells its choices (fast --help); they must equal the data modules' own."""
+    from data_modules.cache import IMAGE_DTYPES
+    from data_modules.io import MALIGNANCY_RULES
+    from data_modules.preprocess import FORMATS, LUNA16_MASKS
+    from lungvlm.commands import preprocess as command
+
+    assert command.FORMAT_CHOICES == FORMATS
+    assert command.LUNA16_MASK_CHOICES == LUNA16_MASKS
+    assert command.DTYPE_CHOICES == IMAGE_DTYPES
+    assert command.MALIGNANCY_RULE_CHOICES == MALIGNANCY_RULES

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lungvlm.lightning.vision_language import question_answer_loss
+from lungvlm.lightning.vision_language_losses import question_answer_loss
 from lungvlm.metrics.report import QuestionAnswerAccuracy
 from lungvlm.models.generation import greedy_generate
 from lungvlm.models.report_decoder import ReportDecoder

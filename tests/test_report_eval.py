@@ -11,7 +11,8 @@ import pytest
 import lungvlm.cli as cli
 from data_modules.phantom import PhantomConfig, generate_case, generate_follow_up
 from data_modules.phantom.report import exam_findings
-from lungvlm.inference.report_eval import (
+from lungvlm.commands.evaluate_reports import reference_from_case
+from lungvlm.evaluation.reports import (
     cascade_summary,
     category_summary,
     concept_f1,
@@ -25,7 +26,6 @@ from lungvlm.inference.report_eval import (
     summarize,
     vdt_summary,
 )
-from lungvlm.inference.report_eval_cli import reference_from_case
 from tests.report_fixtures import write_stage3_checkpoint
 
 # Two reference nodules (radius 5 mm and 1.75 mm); reported: a hit, a duplicate, a false positive.
@@ -188,7 +188,7 @@ def ckpt(tmp_path_factory) -> Path:
 def test_cli_on_one_tiny_phantom_then_resume(ckpt, tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["evaluate-reports", "--ckpt", str(ckpt), "--phantom-seeds", "0:1", "--out", str(out),
-            "--size", "tiny", "--cascade", "compare", "--device", "cpu"]  # fmt: skip
+            "--phantom-size", "tiny", "--cascade", "compare", "--device", "cpu"]  # fmt: skip
     assert cli.main(args) == 0
     data = json.loads((out / "report_eval.json").read_text())
     (row,) = data["cases"]
@@ -234,7 +234,7 @@ def test_cli_on_one_tiny_phantom_then_resume(ckpt, tmp_path, capsys):
 )  # fmt: skip
 def test_bad_input_exits_2_naming_the_problem(ckpt, tmp_path, capsys, extra, message):
     extra = [e.format(tmp=tmp_path, ckpt=ckpt) for e in extra]
-    code = cli.main(["evaluate-reports", "--out", str(tmp_path / "out"), "--size", "tiny", *extra])
+    code = cli.main(["evaluate-reports", "--out", str(tmp_path / "out"), "--phantom-size", "tiny", *extra])
     assert code == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out" / "report_eval.json").exists()

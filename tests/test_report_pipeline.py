@@ -6,7 +6,6 @@ import math
 import re
 import shutil
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pydicom
@@ -15,13 +14,13 @@ import SimpleITK as sitk
 
 import lungvlm.cli as cli
 from data_modules.io import read_dicom_series
-from data_modules.lung_mask import lung_mask
 from data_modules.phantom import PhantomConfig, generate_case
 from data_modules.phantom.writers import write_dicom_series
 from lungvlm.clinical.emphysema import laa950_percent
 from lungvlm.clinical.lungrads import EXAM_PRIORITY
 from lungvlm.export.json_report import read_report_json
 from lungvlm.export.schema import REPORT_SCHEMA_VERSION, Source
+from lungvlm.imaging.lung_mask import lung_mask
 from lungvlm.inference.nodule_heads import GeneratedSentence, NoduleHeadOutput
 from lungvlm.inference.report_analysis import (
     ReportModel,
@@ -35,15 +34,10 @@ from lungvlm.inference.scan import DetectedNodule, ScanSegmentation, prepare_sca
 from lungvlm.labels import CONCEPT_NAMES, LUNGRADS_CATEGORIES
 from tests.report_fixtures import write_segment_checkpoint, write_stage3_checkpoint
 
-COMMANDS = (("report", "lungvlm.inference.report_cli"),)
-
 
 def run_cli(args: list[str]) -> int:
-    """``lungvlm.cli.main`` with the report commands registered (until cli.py lists them)."""
-    registered = {name for name, _ in cli.PLAIN_COMMANDS}
-    extra = tuple(c for c in COMMANDS if c[0] not in registered)
-    with mock.patch.object(cli, "PLAIN_COMMANDS", cli.PLAIN_COMMANDS + extra):
-        return cli.main(args)
+    """``lungvlm.cli.main`` without progress bars (they would fill the captured stderr)."""
+    return cli.main([*args, "--no-progress"])
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +84,22 @@ def test_report_on_a_dicom_series_writes_every_output(ckpt, dicom_dir, tmp_path,
         assert nodule.sentences and all((out / s.heatmap_file).is_file() for s in nodule.sentences)
         # Uncalibrated: sentences under the default threshold 0.5 are uncertain.
         assert all(s.uncertain == (s.confidence < 0.5) for s in nodule.sentences)
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentation.nii.gz")))
+    seg_image = sitk.ReadImage(str(out / "segmentation.nii.gz"))
+    labels = sitk.GetArrayFromImage(seg_image)
     assert labels.shape == volume.shape and set(np.unique(labels)) == set(range(n + 1))
+    # The probability map lies on the scan grid; every labelled voxel had a high probability.
+    prob_image = sitk.ReadImage(str(out / "probability.nii.gz"))
+    prob = sitk.GetArrayFromImage(prob_image)
+    assert prob.shape == volume.shape and prob.dtype == np.float32
+    assert prob_image.GetOrigin() == pytest.approx(seg_image.GetOrigin())
+    assert 0.0 <= prob.min() and prob.max() <= 1.0 and prob[labels > 0].mean() > 0.5
+    # Each sentence's heatmap also as NIfTI, placed on its box of the scan (world coordinates).
+    first = report.nodules[0].sentences[0]
+    heat_image = sitk.ReadImage(str(out / "heatmaps" / (Path(first.heatmap_file).stem + ".nii.gz")))
+    corner = heat_image.TransformIndexToPhysicalPoint((0, 0, 0))
+    index = seg_image.TransformPhysicalPointToContinuousIndex(corner)
+    assert np.allclose(index, np.round(index), atol=1e-4)  # on scan voxel centres
+    assert heat_image.GetSpacing() == pytest.approx(seg_image.GetSpacing())
     assert len(pydicom.dcmread(out / "dicom" / "seg.dcm").SegmentSequence) == n
     assert {"read", "lung_mask", "segmentation", "nodule_heads", "generation", "export"} <= set(
         report.timings_s
@@ -317,11 +325,12 @@ def test_report_settings_come_from_the_data_config_and_the_calibration():
 
 def test_scan_reader_is_picked_by_the_path(tmp_path):
     from data_modules.io import DataError, write_nifti
-    from lungvlm.inference.report_cli import read_scan
+    from lungvlm.commands.scan_io import read_volume as read_scan
 
     image = np.full((3, 4, 5), -800.0, np.float32)
     path = write_nifti(image, tmp_path / "scan.nii.gz", spacing_mm=(2.0, 1.0, 1.0))
-    volume, kind, sources = read_scan(path)
+    scan = read_scan(path)
+    volume, kind, sources = scan.volume, scan.format, scan.source_datasets
     assert (kind, sources, volume.shape, volume.spacing_mm) == (
         "nifti",
         None,

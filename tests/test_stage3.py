@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from lungvlm.lightning.checkpointing import CHECKPOINT_KEY
+from lungvlm.lightning.checkpoint import CHECKPOINT_KEY
 from lungvlm.lightning.module import LungVLMModule
-from lungvlm.lightning.vl_task import VL_LOSS_NAMES, VisionLanguageConfig
+from lungvlm.lightning.vision_language import VL_LOSS_NAMES, VisionLanguageConfig
 from lungvlm.models.encoder import MultiScaleEncoder3D
 from lungvlm.models.heads.segmentation import SegmentationHead
-from lungvlm.models.vlm import VisionLanguageHeads
+from lungvlm.models.vision_language import VisionLanguageHeads
 from tests.conftest import TINY_ENCODER, sphere_batch
 
 

@@ -54,6 +54,22 @@ def test_discretize_time_matches_pycox_label_transform():
     assert ev.tolist() == pycox_events.tolist()
 
 
+def test_discretize_time_matches_pycox_on_random_labels():
+    # Times on a 0.5-month grid hit every edge of the bins, and go beyond the last one.
+    rng = np.random.default_rng(0)
+    times = rng.integers(1, 61, size=400).astype("float64") / 2.0  # 0.5 .. 30 months
+    events = (rng.random(400) < 0.5).astype("float64")
+    pycox_idx, pycox_events = LabTransDiscreteTime(np.array(GROWTH_BINS_MONTHS)).transform(
+        times, events
+    )
+    idx, ev = discretize_time(torch.from_numpy(times), torch.from_numpy(events))
+    assert idx.tolist() == (pycox_idx - 1).tolist()
+    assert ev.tolist() == pycox_events.tolist()
+    # The sample covers every index, informative or not, and both event values.
+    assert sorted(set(idx.tolist())) == [-1, 0, 1, 2, 3, 4, 5]
+    assert set(ev.tolist()) == {0.0, 1.0}
+
+
 def test_discretize_time_errors():
     with pytest.raises(ValueError, match="an event needs time_months > bins"):
         discretize_time(torch.tensor([0.0]), torch.tensor([1.0]))
@@ -89,6 +105,7 @@ def test_logistic_hazard_loss_equals_pycox_and_ignores_absent():
 
 
 def test_growth_survival_loss_matches_discretized_and_zero_when_absent():
+    torch.manual_seed(0)
     phi = torch.randn(4, 6, requires_grad=True)
     time = torch.tensor([4.0, 12.0, 30.0, -7.0])
     event = torch.tensor([1.0, 0.0, 1.0, 1.0])

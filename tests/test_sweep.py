@@ -22,13 +22,13 @@ import yaml
 from optuna.trial import TrialState
 from torch.utils.data import DataLoader
 
-from data_modules.batch import collate_samples
 from lungvlm.cli import main
-from lungvlm.lightning.cli import LungVLMCLI
-from lungvlm.sweep import cli as sweep_cli
+from lungvlm.commands import sweep as sweep_cli
+from lungvlm.commands.fit import LungVLMCLI
 from lungvlm.sweep.report import merged_config_yaml
 from lungvlm.sweep.runner import cli_args, default_storage, format_value, open_study, run_sweep
 from lungvlm.sweep.space import ParamSpec, SweepConfig
+from lungvlm.types import collate_samples
 from tests.conftest import sphere_sample
 
 REPO = Path(__file__).resolve().parents[1]

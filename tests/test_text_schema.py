@@ -11,10 +11,10 @@ from lungvlm.text.schema import (
     Impression,
     NoduleChange,
     NoduleFinding,
-    TextSpan,
     round_half_up,
 )
 from lungvlm.text.vocabulary import NODULE_VALUE_FIELDS, OMISSION_DEFAULTS
+from lungvlm.types import ReportSpan
 
 
 def nodule(**overrides) -> NoduleFinding:
@@ -141,13 +141,13 @@ def test_exam_validation_errors():
 
 
 def test_text_span_validation():
-    assert TextSpan(3, 9, 0, "margin").end == 9
+    assert ReportSpan(3, 9, 0, "margin").end == 9
     with pytest.raises(ValueError, match=r"start=5, end=2"):
-        TextSpan(5, 2, 0, "margin")
+        ReportSpan(5, 2, 0, "margin")
     with pytest.raises(ValueError, match=r"nodule_index=-2 must be >= -1"):
-        TextSpan(0, 2, -2, "margin")
-    with pytest.raises(ValueError, match=r"field='texture' is not allowed"):
-        TextSpan(0, 2, 0, "texture")
+        ReportSpan(0, 2, -2, "margin")
+    with pytest.raises(ValueError, match=r"field='texture' is not one of"):
+        ReportSpan(0, 2, 0, "texture")
 
 
 def test_field_values_flattens_change():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_modules.batch import ReportSpan
 from lungvlm.text.tokenizer import (
     char_spans_to_token_labels,
     encode_reports,
@@ -13,6 +12,7 @@ from lungvlm.text.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
+from lungvlm.types import ReportSpan
 
 CORPUS = [
     "A 7.3 mm solid nodule in the right upper lobe.",
@@ -91,7 +91,7 @@ def test_span_labels_on_hand_built_example(tokenizer):
 
 def test_exam_level_spans_and_padding_are_unlabelled(tokenizer):
     text = "Mild centrilobular emphysema."
-    labels = char_spans_to_token_labels(tokenizer, text, [ReportSpan(0, 29, -1, "x")], 16)
+    labels = char_spans_to_token_labels(tokenizer, text, [ReportSpan(0, 29, -1, "size")], 16)
     assert labels.tolist() == [-1] * 16
 
 

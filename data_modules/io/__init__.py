@@ -49,7 +49,7 @@ from data_modules.io.luna16 import (
     world_to_voxel_zyx,
 )
 from data_modules.io.nifti import read_nifti, write_nifti
-from data_modules.io.volume import CTVolume
+from lungvlm.imaging.volume import CTVolume
 
 __all__ = [
     "CHARACTERISTIC_NAMES",

@@ -33,7 +33,7 @@ from data_modules.io.errors import (
     SliceGeometryError,
     UnsupportedTransferSyntaxError,
 )
-from data_modules.io.volume import CTVolume
+from lungvlm.imaging.volume import CTVolume
 
 DUPLICATE_POLICIES = ("error", "keep_first")
 DUPLICATE_TOL_MM = 0.01  # two slices closer than this along the normal share a position

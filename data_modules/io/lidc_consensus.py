@@ -19,7 +19,7 @@ from scipy.spatial.distance import cdist
 
 from data_modules.io.errors import AnnotationError, ClusterError
 from data_modules.io.lidc_xml import ReaderNodule, roi_slice_index
-from data_modules.io.volume import CTVolume
+from lungvlm.imaging.volume import CTVolume
 
 MAX_ANNOTATIONS_PER_NODULE = 4  # four readers: a larger cluster merged two nodules
 MALIGNANCY_RULES = ("mean_gt3", "mean_le2_ge4", "median_high")

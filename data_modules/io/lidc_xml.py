@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from data_modules.io.dicom_series import read_first_header
 from data_modules.io.errors import AnnotationError, DataError
-from data_modules.io.volume import CTVolume
+from lungvlm.imaging.volume import CTVolume
 
 CHARACTERISTIC_NAMES = (
     "subtlety",

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from numpy.typing import ArrayLike, NDArray
 
 from data_modules.io.errors import CSVFormatError, MetaImageError, PointOutsideImageError
-from data_modules.io.volume import CTVolume
+from lungvlm.imaging.volume import CTVolume
 
 LUNA16_SUBSETS = 10
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")

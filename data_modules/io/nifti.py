@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from numpy.typing import ArrayLike
 
 from data_modules.io.errors import NiftiError
-from data_modules.io.volume import CTVolume
+from lungvlm.imaging.volume import CTVolume
 
 
 def read_nifti(path: str | PathLike[str]) -> CTVolume:

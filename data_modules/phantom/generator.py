@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from data_modules.batch import ReportSpan
 from data_modules.phantom.anatomy import LOBE_NAMES, SIDE_NAMES, ChestGeometry, draw_geometry
 from data_modules.phantom.draw import draw_lidc_spec, draw_spec, place
 from data_modules.phantom.grid import Grid
@@ -27,6 +26,7 @@ from data_modules.phantom.scanner import ScannerProfile, apply_profile, draw_pro
 from lungvlm.clinical.emphysema import laa950_percent
 from lungvlm.clinical.growth import growth_status, volume_after_days
 from lungvlm.clinical.measure import measure_nodule
+from lungvlm.types import ReportSpan
 
 SHAPE_SOURCES: tuple[str, ...] = ("procedural", "lidc")
 

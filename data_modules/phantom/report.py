@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from data_modules.batch import ReportSpan
 from data_modules.phantom.labels import NoduleLabels
 from lungvlm.clinical.emphysema import emphysema_severity
 from lungvlm.clinical.lungrads import LungRADSResult, categorize_exam
 from lungvlm.text.renderer import RenderedReport, RenderStyle, render_report
 from lungvlm.text.schema import ExamFindings, Impression, NoduleChange, NoduleFinding
+from lungvlm.types import ReportSpan
 
 
 def nodule_finding(labels: NoduleLabels, with_slice: bool = True) -> NoduleFinding:
@@ -76,8 +76,6 @@ def render(findings: ExamFindings, seed: int, *, state_defaults: bool = False) -
 
 
 def findings_spans(report: RenderedReport) -> list[ReportSpan]:
-    """Spans that lie in the FINDINGS section, as :class:`data_modules.batch.ReportSpan`."""
+    """Spans that lie in the FINDINGS section, as :class:`lungvlm.types.ReportSpan`."""
     limit = len(report.findings_text)
-    return [
-        ReportSpan(s.start, s.end, s.nodule_index, s.field) for s in report.spans if s.end <= limit
-    ]
+    return [s for s in report.spans if s.end <= limit]

@@ -46,6 +46,12 @@ LUNG_WINDOW: tuple[float, float] = (-600.0, 1500.0)
 DEFAULT_NORMALIZATION_RANGE_HU: tuple[float, float] = (-1000.0, 400.0)
 
 
+def default_normalization() -> dict[str, float]:
+    """``{"hu_min": ..., "hu_max": ...}`` of :data:`DEFAULT_NORMALIZATION_RANGE_HU` (a new dict)."""
+    hu_min, hu_max = DEFAULT_NORMALIZATION_RANGE_HU
+    return {"hu_min": hu_min, "hu_max": hu_max}
+
+
 def _check_range(lower_name: str, lower: float, upper_name: str, upper: float) -> None:
     if not (math.isfinite(lower) and math.isfinite(upper)):
         raise ValueError(
@@ -83,7 +89,9 @@ def window_hu(image_hu: ArrayLike, center_hu: float, width_hu: float) -> NDArray
 
 
 def normalize_hu(
-    image_hu: ArrayLike, hu_min: float = -1000.0, hu_max: float = 400.0
+    image_hu: ArrayLike,
+    hu_min: float = DEFAULT_NORMALIZATION_RANGE_HU[0],
+    hu_max: float = DEFAULT_NORMALIZATION_RANGE_HU[1],
 ) -> NDArray[np.float32]:
     """Clip HU to [hu_min, hu_max] and scale linearly to [0, 1].
 
@@ -109,7 +117,9 @@ def normalize_hu(
 
 
 def denormalize_hu(
-    image_norm: ArrayLike, hu_min: float = -1000.0, hu_max: float = 400.0
+    image_norm: ArrayLike,
+    hu_min: float = DEFAULT_NORMALIZATION_RANGE_HU[0],
+    hu_max: float = DEFAULT_NORMALIZATION_RANGE_HU[1],
 ) -> NDArray[np.float32]:
     """Invert :func:`normalize_hu`: map [0, 1] back to HU in [hu_min, hu_max].
 

@@ -50,7 +50,8 @@ def format_percent(probability: float) -> str:
     return f"{round_half_up(100.0 * probability, 1):.1f} %"
 
 
-def _location(nodule: NoduleReport) -> str:
+def nodule_location(nodule: NoduleReport) -> str:
+    """Where the nodule is, in words: "right upper lobe", "left lung" or "location not stated"."""
     if nodule.side and nodule.lobe:
         return f"{nodule.side} {nodule.lobe} lobe"
     return f"{nodule.side} lung" if nodule.side else "location not stated"
@@ -99,7 +100,7 @@ def _nodule_section(n: NoduleReport) -> list[str]:
     x, y, z = n.centroid_world_lps_mm
     kz, ky, kx = n.centroid_voxel_zyx
     lines = [
-        f"### Nodule {n.index}: {_location(n)}",
+        f"### Nodule {n.index}: {nodule_location(n)}",
         _size_line(n),
         f"- Features: {', '.join(attributes)}",
         f"- Centre: LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm; voxel (z, y, x) ({kz:.0f}, {ky:.0f}, {kx:.0f})",

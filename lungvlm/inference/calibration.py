@@ -27,23 +27,19 @@ findings sentence should state a finding).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 from torchmetrics.classification import BinaryCalibrationError
 
-from lungvlm.lightning.checkpointing import CHECKPOINT_KEY, read_checkpoint
 from lungvlm.models.generation import generated_token_offsets, greedy_generate, sentence_confidence
+from lungvlm.progress import update as progress_update
 from lungvlm.text.parser import parse_nodule_text, parse_report
 from lungvlm.text.tokenizer import encode_reports
 
-CALIBRATION_KEY = "calibration"
 DEFAULT_TARGET_PRECISION = 0.9
 COVERAGES: tuple[float, ...] = (1.0, 0.9, 0.8)
 TEMPERATURE_MIN, TEMPERATURE_MAX = 0.05, 20.0
@@ -227,6 +223,9 @@ def collect_calibration_data(
     device = next(model.parameters()).device
     confidences, correct, logits, labels = [], [], [], []
     seen = 0
+    total = len(getattr(batches, "dataset", ())) or None
+    if max_samples is not None and total is not None:
+        total = min(total, max_samples)
     for batch in batches:
         context = batch.context.to(device) if model.encoder.use_context else None
         features = model.encoder(batch.image.to(device), context)
@@ -249,6 +248,7 @@ def collect_calibration_data(
         logits += risk.malignancy_logit.float().cpu()[present].tolist()
         labels += [int(v) for v in batch.malignancy.cpu()[present].tolist()]
         seen += tokens.shape[0]
+        progress_update("validation crops", seen, total)
         if max_samples is not None and seen >= max_samples:
             break
     return confidences, correct, logits, labels
@@ -279,30 +279,3 @@ def calibrate(
         n_sentences=len(confidences),
         n_malignancy=len(logits),
     )
-
-
-def calibrated_path(ckpt_path: str | Path) -> Path:
-    """``<folder>/<stem>_calibrated.ckpt`` next to ``ckpt_path``."""
-    path = Path(ckpt_path)
-    return path.with_name(f"{path.stem}_calibrated.ckpt")
-
-
-def write_calibrated_checkpoint(ckpt_path: str | Path, result: CalibrationResult) -> Path:
-    """Copy the checkpoint with ``result`` under ``["lungvlm"]["calibration"]``, atomically."""
-    checkpoint = read_checkpoint(ckpt_path)
-    checkpoint.setdefault(CHECKPOINT_KEY, {})[CALIBRATION_KEY] = result.to_dict()
-    out = calibrated_path(ckpt_path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
-    os.close(fd)
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
-
-
-def read_calibration(checkpoint: dict) -> dict | None:
-    """The stored calibration of a checkpoint dict, or None."""
-    return checkpoint.get(CHECKPOINT_KEY, {}).get(CALIBRATION_KEY)

@@ -32,7 +32,7 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
-from lungvlm.clinical.hu import normalize_hu
+from lungvlm.clinical.hu import HU_AIR, normalize_hu
 from lungvlm.labels import CONCEPT_NAMES, GROWTH_BINS_MONTHS, LUNGRADS_CATEGORIES
 from lungvlm.losses.survival import probability_event_by
 from lungvlm.models.generation import (
@@ -43,9 +43,6 @@ from lungvlm.models.generation import (
 )
 from lungvlm.models.grounding import average_attention, token_heatmaps
 from lungvlm.text.tokenizer import encode_reports
-
-#: Air (HU): the value of crop voxels outside the scan, as in training.
-AIR_HU: float = -1000.0
 
 
 @dataclass
@@ -152,7 +149,13 @@ def encode_nodule(
     visual tokenizer (step 1 of the module docstring); see :func:`run_nodule_heads` for args."""
     heads = model.vl_heads
     device = next(model.parameters()).device
-    pad = float(normalize_hu(np.float32(AIR_HU), normalization["hu_min"], normalization["hu_max"]))
+    pad = float(
+        normalize_hu(
+            np.float32(HU_AIR),  # voxels outside the scan are air, as in training
+            normalization["hu_min"],
+            normalization["hu_max"],
+        )
+    )
     fine = sample_crop(prepared_image, centre_vox, crop_size_vox, 1.0, pad)
     context = sample_crop(prepared_image, centre_vox, crop_size_vox, context_scale, pad)
     image_t = torch.from_numpy(fine)[None, None].to(device)  # (1, 1, D, H, W)

@@ -55,18 +55,24 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lungvlm.clinical.emphysema import emphysema_severity, laa950_percent
-from lungvlm.inference.calibration import read_calibration
+from lungvlm.imaging.volume import affine_lps
 from lungvlm.inference.cascade import segment_scan_cascade
 from lungvlm.inference.nodule_heads import NoduleHeadOutput, run_nodule_heads
 from lungvlm.inference.prior import MeasuredNodule
 from lungvlm.inference.scan import (
     PreparedScan,
     ScanSegmentation,
-    load_model,
     prepare_scan,
     segment_scan,
 )
-from lungvlm.lightning.checkpointing import CHECKPOINT_KEY, read_checkpoint
+from lungvlm.lightning.checkpoint import (
+    CHECKPOINT_KEY,
+    checkpoint_stage,
+    load_model,
+    read_calibration,
+    read_checkpoint,
+)
+from lungvlm.progress import update as progress_update
 from lungvlm.text.parser import parse_report
 
 log = logging.getLogger(__name__)
@@ -131,36 +137,32 @@ def settings_from_checkpoint(checkpoint: dict) -> ReportSettings:
 
 
 def load_report_model(ckpt_path: str | Path, map_location: str = "cpu") -> ReportModel:
-    """Load a stage-3 checkpoint for reporting.
+    """Load a stage-3 checkpoint for reporting (the file is read once, safely).
+
+    Args:
+        ckpt_path: a stage-3 (``vision_language``) checkpoint, calibrated or not.
+        map_location: device of the model ("cpu", "cuda", ...).
 
     Raises:
-        ValueError: missing, corrupt or non-Lightning file; a checkpoint of another stage
-            (message "needs a stage-3 checkpoint"); a model that cannot be rebuilt.
+        ValueError: missing, corrupt or non-Lightning file, or one a safe load refuses; a
+            checkpoint of another stage (message "needs a stage-3 checkpoint"); a model that
+            cannot be rebuilt.
     """
     path = Path(ckpt_path)
     try:
         checkpoint = read_checkpoint(path)
     except FileNotFoundError as err:
         raise ValueError(f"checkpoint {path} does not exist") from err
-    meta = checkpoint.get(CHECKPOINT_KEY, {})
-    stage = meta.get("stage", (checkpoint.get("hyper_parameters") or {}).get("stage"))
+    meta = checkpoint.get(CHECKPOINT_KEY) or {}
+    stage = checkpoint_stage(checkpoint)
     has_heads = any(k.startswith("vl_heads.") for k in checkpoint["state_dict"])
     if stage != "vision_language" or not has_heads or "tokenizer_json" not in meta:
         raise ValueError(
             f"checkpoint {path} is a stage {stage!r} checkpoint without vision-language heads or "
             "tokenizer; lungvlm report needs a stage-3 ('vision_language') checkpoint"
         )
-    model = load_model(path, map_location=map_location)
+    model = load_model(path, map_location=map_location, checkpoint=checkpoint)
     return ReportModel(model, path, settings_from_checkpoint(checkpoint))
-
-
-def volume_affine(volume) -> NDArray[np.float64]:
-    """4x4 (z, y, x, 1) index -> LPS (x, y, z, 1) mm of a CTVolume-like object."""
-    direction = np.asarray(getattr(volume, "direction", np.eye(3)), dtype=np.float64)
-    affine = np.eye(4)
-    affine[:3, :3] = direction[:, ::-1] * np.asarray(volume.spacing_mm, dtype=np.float64)[None, :]
-    affine[:3, 3] = np.asarray(volume.origin_lps_mm, dtype=np.float64)
-    return affine
 
 
 @dataclass
@@ -205,7 +207,7 @@ def segment_volume(
     start = time.perf_counter()
     prepared = prepare_scan(
         volume.array_hu, volume.spacing_mm, s.spacing_mm, rm.model.normalization,
-        affine=volume_affine(volume),
+        affine=affine_lps(volume.spacing_mm, volume.origin_lps_mm, getattr(volume, "direction", None)),
     )  # fmt: skip
     segment = segment_scan_cascade if cascade else segment_scan
     segmentation = segment(
@@ -243,12 +245,15 @@ def analyse_scan(
     timings["segmentation"] = seconds
     heads = []
     timings["nodule_heads"] = timings["generation"] = 0.0
-    for instance in segmentation.instances:
+    n_candidates = len(segmentation.instances)
+    progress_update("candidate nodules", 0, n_candidates)
+    for done, instance in enumerate(segmentation.instances, start=1):
         out = run_nodule_heads(
             rm.model, prepared.image, instance.centroid_vox, rm.settings.crop_size_vox,
             rm.settings.context_scale, prepared.normalization, rm.settings.malignancy_temperature,
         )  # fmt: skip
         heads.append(out)
+        progress_update("candidate nodules", done, n_candidates)
         timings["nodule_heads"] += out.timings_s["heads"]
         timings["generation"] += out.timings_s["generation"]
     n_unconfirmed = 0

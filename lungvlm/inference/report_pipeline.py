@@ -3,10 +3,10 @@
 :func:`generate_report` takes a CTVolume-like scan (``array_hu`` (z, y, x) HU, ``spacing_mm``,
 ``origin_lps_mm``, ``direction``, ``metadata``) and its lung mask, so this package never reads
 files itself (``lungvlm`` does not import ``data_modules``; the CLI in
-:mod:`lungvlm.inference.report_cli` reads the scan and computes the mask). Steps and
+:mod:`lungvlm.commands.report` reads the scan and computes the mask). Steps and
 conventions: :mod:`lungvlm.inference.report_analysis` (analysis, which source wins, review
 rules), :mod:`lungvlm.inference.report_findings` (assembly), :mod:`lungvlm.inference.prior`
-(comparison), :mod:`lungvlm.inference.report_outputs` (files).
+(comparison), :mod:`lungvlm.export.case_folder` (files).
 
 A prior from another patient (both PatientIDs known and different) is not compared: a warning
 is returned and logged, and the narrative says why; the report is still written.
@@ -24,6 +24,7 @@ import numpy as np
 import pydicom
 from numpy.typing import NDArray
 
+from lungvlm.export.case_folder import with_narrative, write_report_outputs
 from lungvlm.export.schema import ExamReport, Source
 from lungvlm.inference.prior import (
     MeasuredNodule,
@@ -35,13 +36,13 @@ from lungvlm.inference.prior import (
 )
 from lungvlm.inference.report_analysis import (
     ReportModel,
+    ScanAnalysis,
     analyse_scan,
     rank_nodules,
     ranked_label_map,
     segment_volume,
 )
 from lungvlm.inference.report_findings import assemble_report, resolved_markdown
-from lungvlm.inference.report_outputs import write_report_outputs
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,13 @@ class PriorScan:
 
 @dataclass
 class ReportResult:
-    """The written report, its folder and any warnings (e.g. a skipped prior)."""
+    """The report, its folder (None when not written), warnings (e.g. a skipped prior) and the
+    scan analysis behind it (segmentation, per-nodule head outputs)."""
 
     report: ExamReport
-    folder: Path
+    folder: Path | None
     warnings: list[str] = field(default_factory=list)
+    analysis: ScanAnalysis | None = field(default=None, repr=False)
 
 
 def _lung_image(volume, lung_mask):
@@ -106,7 +109,7 @@ def generate_report(
     rm: ReportModel,
     volume,
     lung_mask: NDArray,
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     source: Source,
     case_id: str,
     source_datasets: Sequence[pydicom.Dataset] | None = None,
@@ -122,7 +125,8 @@ def generate_report(
         rm: the loaded stage-3 model (:func:`~lungvlm.inference.report_analysis.load_report_model`).
         volume: CTVolume-like scan.
         lung_mask: boolean lung mask on the scan's grid.
-        out_dir: case folder to create (atomically).
+        out_dir: case folder to create (atomically); None writes nothing and returns the
+            report (with its narrative) only.
         source: where the scan came from (path, format, series UID).
         case_id: the case name in the report.
         source_datasets: DICOM slices in z order (SEG + SR are written when given).
@@ -167,8 +171,10 @@ def generate_report(
         rm, analysis, order, case_id, source, comparisons,
         prior.interval_days if comparisons is not None else None,
     )  # fmt: skip
+    if out_dir is None:
+        return ReportResult(with_narrative(report, extra), None, warnings, analysis)
     labels = ranked_label_map(analysis, order)
     written = write_report_outputs(
         out_dir, report, analysis, order, volume, labels, source_datasets, extra, overwrite
     )
-    return ReportResult(written, Path(out_dir), warnings)
+    return ReportResult(written, Path(out_dir), warnings, analysis)

@@ -1,4 +1,4 @@
-"""Whole-scan inference: load a checkpoint, resample and normalise a CT, segment it by sliding
+"""Whole-scan inference: resample and normalise a CT, segment it by sliding
 windows, and turn the probability map into measured nodule instances.
 
 Grids. The original scan is (z, y, x) with spacing ``spacing_mm`` and a 4x4 ``affine`` taking a
@@ -6,8 +6,9 @@ homogeneous (z, y, x, 1) index to LPS world (x, y, z, 1) mm (the layout of
 ``CTVolume.affine_lps``). The prepared grid keeps the centre of voxel (0, 0, 0) and the
 direction and has ``target_spacing_mm`` voxels: prepared index ``o`` lies at original index
 ``o * target / spacing`` and each axis has ``round(n * spacing / target)`` voxels, as the
-training cache (``data_modules/cache.py``) resamples. HU are resampled linearly (edge voxels
-repeat beyond the last original voxel centre) and then normalised with the checkpoint's
+training cache (``data_modules/cache.py``) resamples. HU are resampled linearly by the one resampler,
+:mod:`lungvlm.imaging.resample`, as the training cache does (edge voxels repeat beyond the last
+original voxel centre) and then normalised with the checkpoint's
 ``hu_min``/``hu_max`` through :func:`lungvlm.clinical.hu.normalize_hu`, as training did.
 Sliding windows: :mod:`lungvlm.inference.windows`.
 """
@@ -18,63 +19,21 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import torch
 from numpy.typing import ArrayLike, NDArray
-from scipy import ndimage
 from torch import nn
 
-from lungvlm.clinical.hu import normalize_hu
+from lungvlm.clinical.hu import default_normalization, normalize_hu
 from lungvlm.clinical.measure import measure_nodule
+from lungvlm.imaging.resample import resample_grid
+from lungvlm.imaging.volume import affine_lps
 from lungvlm.inference.windows import dilate_mm, sliding_window_probability, window_selector
-from lungvlm.lightning.checkpointing import CHECKPOINT_KEY, read_checkpoint
-from lungvlm.lightning.module import LungVLMModule
 from lungvlm.metrics.segmentation import label_components
 
 #: Volume (mm³) of a 3 mm sphere: LUNA16 ignores findings under 3 mm (``reference/luna16.md``),
 #: so smaller components are dropped by default (a project choice).
 MIN_NODULE_VOLUME_MM3: float = 4.0 / 3.0 * math.pi * 1.5**3
-
-
-def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> LungVLMModule:
-    """Rebuild a :class:`LungVLMModule` with a segmentation head from a ``lungvlm fit`` checkpoint.
-
-    The checkpoint's hyper-parameters hold the LightningCLI class-path config, which
-    ``LungVLMModule.load_from_checkpoint`` instantiates; ``init_from`` is cleared so no other
-    checkpoint is read. The model is returned in eval mode with the checkpoint's normalisation.
-
-    Raises:
-        ValueError: the file is missing or unreadable, it is a stage-1 ('pretrain') checkpoint or
-            has no segmentation head, or its hyper-parameters cannot rebuild the model.
-    """
-    path = Path(ckpt_path)
-    try:
-        checkpoint = read_checkpoint(path)
-    except FileNotFoundError as err:
-        raise ValueError(f"checkpoint {path} does not exist") from err
-    meta = checkpoint.get(CHECKPOINT_KEY, {})
-    stage = meta.get("stage", checkpoint.get("hyper_parameters", {}).get("stage"))
-    if stage == "pretrain":
-        raise ValueError(
-            f"checkpoint {path} is a stage 'pretrain' checkpoint without a segmentation head; "
-            "use a 'segment' or 'vision_language' checkpoint"
-        )
-    if not any(k.startswith("seg_head.") for k in checkpoint["state_dict"]):
-        raise ValueError(f"checkpoint {path} has no segmentation head weights (seg_head.*)")
-    if "encoder" not in checkpoint.get("hyper_parameters", {}):
-        raise ValueError(
-            f"checkpoint {path} has no model configuration in its hyper-parameters (it was not "
-            "written by `lungvlm fit`); build the module and load its state_dict instead"
-        )
-    try:
-        model = LungVLMModule.load_from_checkpoint(
-            path, map_location=map_location, weights_only=False, init_from=None
-        )
-    except (TypeError, KeyError, RuntimeError, ValueError) as err:
-        raise ValueError(f"checkpoint {path} cannot rebuild the model: {err}") from err
-    return model.eval()
 
 
 def _check_spacing(name: str, spacing_mm: ArrayLike) -> tuple[float, float, float]:
@@ -88,11 +47,7 @@ def grid_affine(
     spacing_mm: Sequence[float], origin_lps_mm: Sequence[float] = (0.0, 0.0, 0.0)
 ) -> NDArray[np.float64]:
     """4x4 affine (z, y, x, 1) index -> LPS (x, y, z, 1) mm of an identity-direction grid."""
-    affine = np.eye(4)
-    # Index axis z (column 0) moves along world z (row 2), x (column 2) along world x (row 0).
-    affine[:3, :3] = np.diag(np.asarray(spacing_mm, dtype=np.float64)[::-1])[:, ::-1]
-    affine[:3, 3] = np.asarray(origin_lps_mm, dtype=np.float64)
-    return affine
+    return affine_lps(spacing_mm, origin_lps_mm)
 
 
 @dataclass(frozen=True)
@@ -128,22 +83,11 @@ class PreparedScan:
 
     def to_prepared_grid(self, volume: ArrayLike, order: int) -> NDArray:
         """Resample an original-grid (z, y, x) array onto the prepared grid (order 0 or 1)."""
-        return _resample(np.asarray(volume), self.image.shape, 1.0 / np.asarray(self.zoom), order)
+        return resample_grid(np.asarray(volume), self.image.shape, 1.0 / np.asarray(self.zoom), order)
 
     def to_original_grid(self, volume: ArrayLike, order: int) -> NDArray:
         """Resample a prepared-grid (z, y, x) array back onto the original grid (order 0 or 1)."""
-        return _resample(np.asarray(volume), self.original_shape, np.asarray(self.zoom), order)
-
-
-def _resample(volume: NDArray, out_shape: Sequence[int], step: ArrayLike, order: int) -> NDArray:
-    """Sample ``volume`` at ``o * step`` for every output index ``o`` (edge values repeat)."""
-    step = np.asarray(step, dtype=np.float64)
-    if tuple(out_shape) == volume.shape and np.allclose(step, 1.0):
-        return volume.copy()
-    source = volume.astype(np.float32) if order > 0 else volume
-    return ndimage.affine_transform(
-        source, step, output_shape=tuple(int(n) for n in out_shape), order=order, mode="nearest"
-    )
+        return resample_grid(np.asarray(volume), self.original_shape, np.asarray(self.zoom), order)
 
 
 def prepare_scan(
@@ -175,7 +119,7 @@ def prepare_scan(
     spacing = _check_spacing("spacing_mm", spacing_mm)
     target = np.broadcast_to(np.asarray(target_spacing_mm, dtype=np.float64), (3,))
     target = _check_spacing("target_spacing_mm", target)
-    norm = {"hu_min": -1000.0, "hu_max": 400.0, **(normalization or {})}
+    norm = {**default_normalization(), **(normalization or {})}
     if affine is None:
         affine = grid_affine(spacing, origin_lps_mm if origin_lps_mm is not None else (0, 0, 0))
     affine = np.asarray(affine, dtype=np.float64)
@@ -185,7 +129,7 @@ def prepare_scan(
         max(1, round(n * s / t)) for n, s, t in zip(image.shape, spacing, target, strict=True)
     )
     zoom = tuple(s / t for s, t in zip(spacing, target, strict=True))
-    resampled = _resample(image.astype(np.float32), shape, 1.0 / np.asarray(zoom), order=1)
+    resampled = resample_grid(image.astype(np.float32), shape, 1.0 / np.asarray(zoom), order=1)
     normalized = normalize_hu(resampled, float(norm["hu_min"]), float(norm["hu_max"]))
     return PreparedScan(
         image=normalized,

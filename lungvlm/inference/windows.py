@@ -25,6 +25,8 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from torch import nn
 
+from lungvlm.progress import update as progress_update
+
 WindowSelector = Callable[[tuple[slice, slice, slice]], bool]
 """Called with a window's (z, y, x) slices; returns whether the model runs on it."""
 
@@ -48,6 +50,17 @@ def _context_window(volume: NDArray[np.float32], window: Sequence[slice], scale:
     ]
     coords = np.meshgrid(*axes, indexing="ij")
     return ndimage.map_coordinates(volume, coords, order=1, mode="constant", cval=0.0)
+
+
+def window_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
+    """Number of sliding windows over ``shape`` (MONAI's grid: step ``roi * (1 - overlap)``)."""
+    count = 1
+    for n, r in zip(shape, roi, strict=True):
+        if n <= r:
+            continue
+        step = max(int(r * (1.0 - overlap)), 1)
+        count *= math.ceil((n - r) / step) + 1
+    return count
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -77,7 +90,8 @@ def sliding_window_probability(
         context_scale: context field of view / window field of view; 0 feeds no context.
         select: called with a window's (z, y, x) slices; False skips the window (probability 0
             where no processed window covers a voxel).
-        progress: show a tqdm bar over window batches.
+        progress: also show MONAI's tqdm bar over window batches (the rich bars of the
+            commands come from :func:`lungvlm.progress.update`, called after every batch).
 
     Returns:
         ``(probability, windows_total, windows_processed)``; probability is the mean of the
@@ -96,6 +110,7 @@ def sliding_window_probability(
     use_context = context_scale > 0 and bool(getattr(encoder, "use_context", False))
     device = _model_device(model)
     counts = {"total": 0, "processed": 0}
+    n_windows = window_count(padded.shape, roi, overlap)
 
     def predictor(windows: torch.Tensor, slices: list) -> torch.Tensor:
         # windows: (B, 1, *roi); slices[b] = [batch slice, channel slice, z, y, x slices].
@@ -113,6 +128,7 @@ def sliding_window_probability(
             logits = logits[0] if isinstance(logits, (list, tuple)) else logits
             out[keep, 0] = torch.sigmoid(logits[:, 0].float())
             out[keep, 1] = 1.0  # weight channel: skipped windows do not dilute the average
+        progress_update("segmentation windows", min(counts["total"], n_windows), n_windows)
         return out
 
     with torch.inference_mode():

@@ -1,56 +1,56 @@
 """Language pretraining of the report decoder: causal LM plus a report-coherence objective.
 
-Run once before stage 3 sees images (``make train-language`` writes a language checkpoint that
-stage 3 loads through ``model.vl.language_init``; without one, stage 3 runs it inline for
-``model.vl.language_pretrain_steps``), so the decoder already writes well-formed radiology
-language when it starts to learn what the image says. The decoder's cross-attention sub-layers
-are skipped (no visual input), so only the language weights shared with the grounded decoder
-are trained.
+It runs before stage 3 sees images, so the decoder already writes well-formed radiology
+language when it starts to learn what the image says. Two ways in, one step function
+(:func:`language_losses`):
+
+- the ``language`` stage of :class:`~lungvlm.lightning.module.LungVLMModule`
+  (``make train-language``: ``experiments/language.yaml``, texts from
+  ``data_modules.language_datamodule.LanguageDataModule``), whose Lightning checkpoint stage 3
+  loads through ``model.vl.language_init`` (:func:`load_language_decoder`);
+- without that checkpoint, stage 3 runs :func:`pretrain_language` inline for
+  ``model.vl.language_pretrain_steps``.
+
+The decoder's cross-attention sub-layers are skipped (no visual input), so only the language
+weights shared with the grounded decoder are trained.
 
 Report coherence: a small :class:`CoherenceHead` reads the decoder's pooled
 ``report_embedding`` and says whether a text's sentences are in their original order or were
-shuffled by :func:`perturb_sentence_order`. The head exists only during pretraining; the stage-3
-model never holds it, so stage-3 checkpoints keep their keys.
+shuffled by :func:`perturb_sentence_order`. The head exists only in the language stage; the
+stage-3 model never holds it, so stage-3 checkpoints keep their keys.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
+from lungvlm.lightning.checkpoint import CHECKPOINT_KEY, checkpoint_stage, read_checkpoint
 from lungvlm.models.generation import sentence_bounds
 from lungvlm.models.report_decoder import IGNORE_INDEX, ReportDecoder
-from lungvlm.text.renderer import RenderStyle, render_report
-from lungvlm.text.sampling import random_exam_findings
-from lungvlm.text.tokenizer import encode_reports
+from lungvlm.text.tokenizer import encode_reports, tokenizer_from_json
 
 log = logging.getLogger(__name__)
 
-
-def crop_findings_corpus(n_texts: int, seed: int = 0) -> list[str]:
-    """Findings sections of random one-nodule (or nodule-free) exams, like crop reports.
-
-    Args:
-        n_texts: number of texts.
-        seed: seed of the findings and of the wording.
-
-    Returns:
-        ``n_texts`` FINDINGS sections.
-    """
-    rng = np.random.default_rng(seed)
-    texts = []
-    for i in range(n_texts):
-        findings = random_exam_findings(rng, max_nodules=1)
-        style = RenderStyle(mention_defaults=1.0) if not findings.nodules else None
-        texts.append(render_report(findings, seed=seed * 7919 + i, style=style).findings_text)
-    return texts
+#: Names of the language-stage losses (keys of ``model.loss_weights``) and their log keys.
+LANGUAGE_LOSS_KEYS: dict[str, str] = {
+    "language_lm": "language/lm_loss",
+    "coherence": "language/coherence_loss",
+}
+#: Prefix of the decoder's weights in a :class:`LungVLMModule` state_dict.
+DECODER_PREFIX = "vl_heads.decoder."
+#: Decoder sizes that must match between a language checkpoint and the stage-3 config.
+SIZE_KEYS: tuple[str, ...] = ("vocab_size", "d_model", "n_layers", "n_heads", "max_length")
 
 
 # ---------------------------------------------------------------- report coherence
@@ -152,7 +152,7 @@ def evaluate_coherence(
     texts: Sequence[str],
     seed: int = 0,
     batch_size: int = 64,
-) -> float | None:
+) -> tuple[float, int] | None:
     """Accuracy of ``head`` on each reorderable text of ``texts`` and one reordered copy.
 
     Args:
@@ -164,8 +164,8 @@ def evaluate_coherence(
         batch_size: texts per forward pass.
 
     Returns:
-        The fraction of originals judged original plus copies judged reordered (0..1), or None
-        when no text can be reordered.
+        (accuracy, examples): the fraction of originals judged original plus copies judged
+        reordered (0..1) and the number of judged examples; None when no text can be reordered.
     """
     rng = np.random.default_rng(seed)
     originals = coherence_texts(tokenizer, texts, decoder.max_length)
@@ -185,56 +185,197 @@ def evaluate_coherence(
     ).cpu()
     decoder.train(was_training[0])
     head.train(was_training[1])
-    return float(((logits > 0).float() == labels).float().mean())
+    return float(((logits > 0).float() == labels).float().mean()), len(examples)
 
 
-# ---------------------------------------------------------------- pretraining
+# ---------------------------------------------------------------- the step
+def language_parameters(decoder: ReportDecoder, head: CoherenceHead | None) -> list[nn.Parameter]:
+    """What language pretraining trains: the decoder's GPT-2 weights except cross-attention,
+    and the coherence head."""
+    params = [p for n, p in decoder.gpt2.named_parameters() if "crossattention" not in n]
+    return params + (list(head.parameters()) if head is not None else [])
+
+
+def language_losses(
+    decoder: ReportDecoder,
+    head: CoherenceHead | None,
+    tokenizer,
+    texts: Sequence[str],
+    rng: np.random.Generator,
+) -> dict[str, Tensor]:
+    """Named losses of one language step on ``texts`` (the language stage and stage 3 inline).
+
+    - ``language_lm``: causal-LM cross-entropy of the texts as written, nats per token.
+    - ``coherence`` (when ``head`` is given): BCE of ``head`` on the texts that
+      :func:`coherence_texts` keeps: the first half as written (label 1), the rest reordered by
+      :func:`perturb_sentence_order` (label 0). A batch with no such text gives 0 (with a
+      graph through the head, so every rank of a DDP run has the same parameters in use).
+
+    Args:
+        decoder: the report decoder (on its device; no visual input is given).
+        head: the coherence head, or None for the LM loss only.
+        tokenizer: the report tokenizer.
+        texts: B texts.
+        rng: generator of the reorderings.
+
+    Returns:
+        ``{"language_lm": ..., "coherence": ...}`` scalars (no total: the caller weighs them).
+    """
+    device = next(decoder.parameters()).device
+    ids, attention = encode_reports(tokenizer, list(texts), decoder.max_length)
+    ids, attention = ids.to(device), attention.to(device)
+    labels = ids.masked_fill(attention == 0, IGNORE_INDEX)
+    lm = decoder.gpt2(input_ids=ids, attention_mask=attention, labels=labels).loss
+    losses = {"language_lm": lm}
+    if head is None:
+        return losses
+    reorderable = coherence_texts(tokenizer, texts, decoder.max_length)
+    if not reorderable:
+        losses["coherence"] = sum(p.sum() for p in head.parameters()) * 0.0
+        return losses
+    n_pos = len(reorderable) // 2
+    negatives = [perturb_sentence_order(t, rng) for t in reorderable[n_pos:]]
+    both_ids, both_att = encode_reports(tokenizer, reorderable[:n_pos] + negatives, decoder.max_length)
+    target = torch.cat([torch.ones(n_pos), torch.zeros(len(negatives))]).to(device)
+    logits = head(decoder.report_embedding(both_ids.to(device), both_att.to(device))).float()
+    losses["coherence"] = F.binary_cross_entropy_with_logits(logits, target)
+    return losses
+
+
+class LanguageTask(nn.Module):
+    """The language stage's coherence head, perturbation generator and held-out accuracy.
+
+    The decoder is referenced, not owned (it stays ``vl_heads.decoder`` in the state_dict);
+    the head's keys are ``language.coherence_head.*``.
+
+    Args:
+        decoder: the report decoder being pretrained.
+        seed: seed of the training reorderings.
+    """
+
+    def __init__(self, decoder: ReportDecoder, seed: int = 0) -> None:
+        super().__init__()
+        self._decoder = (decoder,)  # a tuple keeps the decoder out of this module's parameters
+        self.coherence_head = CoherenceHead(decoder.d_model)
+        self.coherence_accuracy = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def decoder(self) -> ReportDecoder:
+        return self._decoder[0]
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """The parameters the language stage optimises (:func:`language_parameters`)."""
+        return language_parameters(self.decoder, self.coherence_head)
+
+    def losses(self, tokenizer, texts: Sequence[str], seed: int | None = None) -> dict[str, Tensor]:
+        """:func:`language_losses` of ``texts``; ``seed`` fixes the reorderings (evaluation)."""
+        rng = self.rng if seed is None else np.random.default_rng(seed)
+        return language_losses(self.decoder, self.coherence_head, tokenizer, texts, rng)
+
+    def update_metrics(self, split: str, tokenizer, texts: Sequence[str], seed: int) -> None:
+        """Add the coherence accuracy of ``texts`` (seeded reorderings) to ``split``'s mean."""
+        result = evaluate_coherence(self.decoder, self.coherence_head, tokenizer, texts, seed)
+        if result is not None:
+            accuracy, examples = result
+            self.coherence_accuracy[split].update(accuracy, examples)
+
+
+# ---------------------------------------------------------------- stage 3: load or run inline
+def decoder_config(decoder: ReportDecoder) -> dict[str, Any]:
+    """The constructor arguments of ``decoder`` (sizes, dropout and special token ids)."""
+    config = decoder.gpt2.config
+    return {
+        "vocab_size": decoder.vocab_size,
+        "d_model": decoder.d_model,
+        "n_layers": config.n_layer,
+        "n_heads": config.n_head,
+        "max_length": decoder.max_length,
+        "dropout": config.resid_pdrop,
+        "pad_token_id": decoder.pad_token_id,
+        "bos_token_id": decoder.bos_token_id,
+        "eos_token_id": decoder.eos_token_id,
+    }
+
+
+def load_language_decoder(path: str | Path, decoder: ReportDecoder):
+    """Load a language-stage checkpoint's decoder weights into ``decoder``; return its tokenizer.
+
+    The file is a Lightning checkpoint of the ``language`` stage, read safely
+    (:func:`~lungvlm.lightning.checkpoint.read_checkpoint`, ``weights_only=True``); only the
+    weights under :data:`DECODER_PREFIX` are taken (strictly).
+
+    Args:
+        path: the checkpoint (``runs/language/checkpoints/last.ckpt``).
+        decoder: the decoder to fill; its sizes must equal the file's.
+
+    Returns:
+        (tokenizer, the checkpoint's LungVLM metadata).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if it is not a language-stage checkpoint, or its decoder sizes differ from
+            ``decoder``'s (each differing size is named).
+    """
+    checkpoint = read_checkpoint(path)
+    meta = checkpoint.get(CHECKPOINT_KEY) or {}
+    stage = checkpoint_stage(checkpoint)
+    if stage != "language" or "tokenizer_json" not in meta:
+        raise ValueError(
+            f"{path} is not a language checkpoint (stage {stage!r}, tokenizer "
+            f"{'present' if 'tokenizer_json' in meta else 'missing'}); write one with "
+            "`make train-language`"
+        )
+    theirs, ours = meta.get("decoder_config") or {}, decoder_config(decoder)
+    differences = [
+        f"{key}={theirs.get(key)} in the file, {ours[key]} in the config"
+        for key in SIZE_KEYS
+        if key in theirs and theirs[key] != ours[key]
+    ]
+    if differences:
+        raise ValueError(
+            f"language checkpoint {path} does not fit the stage-3 decoder: "
+            + "; ".join(differences)
+            + " (rerun `make train-language` with the decoder sizes of this config)"
+        )
+    tokenizer = tokenizer_from_json(meta["tokenizer_json"])
+    if len(tokenizer) > decoder.vocab_size:
+        raise ValueError(
+            f"language checkpoint {path}: its tokenizer has {len(tokenizer)} tokens, more than "
+            f"the decoder's vocab_size={decoder.vocab_size}"
+        )
+    state = {
+        key.removeprefix(DECODER_PREFIX): value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(DECODER_PREFIX)
+    }
+    try:
+        decoder.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"language checkpoint {path}: decoder weights do not load: {err}") from err
+    return tokenizer, meta
+
+
 @dataclass
 class LanguagePretrainResult:
     """What :func:`pretrain_language` measured.
 
     Attributes:
-        lm_losses: causal-LM loss of every step, nats per token (original-order texts).
+        lm_losses: causal-LM loss of every step, nats per token.
         coherence_losses: coherence BCE of every step, nats (empty when the weight is 0).
-        coherence_accuracy: held-out coherence accuracy (0..1); None when off or nothing held out.
-        heldout_lm_loss: causal-LM loss on the held-out texts, nats per token (None: none held).
-        n_train_texts: texts trained on.
-        n_heldout_texts: texts held out (never trained on).
-        seconds: wall time of the training loop and evaluation, s.
+        head: the trained coherence head (None when the weight is 0).
+        seconds: wall time of the loop, s.
     """
 
     lm_losses: list[float] = field(default_factory=list)
     coherence_losses: list[float] = field(default_factory=list)
-    coherence_accuracy: float | None = None
-    heldout_lm_loss: float | None = None
-    n_train_texts: int = 0
-    n_heldout_texts: int = 0
+    head: CoherenceHead | None = None
     seconds: float = 0.0
 
     @property
     def final_lm_loss(self) -> float | None:
         """Mean LM loss of the last 10 steps, nats per token (less noisy than the last step)."""
         return float(np.mean(self.lm_losses[-10:])) if self.lm_losses else None
-
-
-@torch.no_grad()
-def _heldout_lm_loss(decoder: ReportDecoder, tokenizer, texts: Sequence[str]) -> float | None:
-    """Token-weighted causal-LM loss of ``texts``, nats per token (None for no text)."""
-    if not texts:
-        return None
-    ids, attention = encode_reports(tokenizer, list(texts), decoder.max_length)
-    was_training = decoder.training
-    decoder.eval()
-    device = next(decoder.parameters()).device
-    total, count = 0.0, 0
-    for i in range(0, ids.shape[0], 64):
-        batch_ids, batch_att = ids[i : i + 64].to(device), attention[i : i + 64].to(device)
-        labels = batch_ids.masked_fill(batch_att == 0, IGNORE_INDEX)
-        n_targets = int((labels[:, 1:] != IGNORE_INDEX).sum())
-        out = decoder.gpt2(input_ids=batch_ids, attention_mask=batch_att, labels=labels)
-        total, count = total + float(out.loss) * n_targets, count + n_targets
-    decoder.train(was_training)
-    return total / max(count, 1)
 
 
 def pretrain_language(
@@ -245,118 +386,62 @@ def pretrain_language(
     batch_size: int = 32,
     lr: float = 3e-3,
     seed: int = 0,
-    coherence_weight: float = 1.0,
-    heldout_fraction: float = 0.1,
-    log_every: int = 50,
+    loss_weights: Mapping[str, float] | None = None,
 ) -> LanguagePretrainResult:
-    """Train ``decoder`` as a causal LM plus a sentence-order classifier for ``steps`` steps.
+    """Stage 3's inline fallback: ``steps`` AdamW steps of :func:`language_losses`.
 
-    Each AdamW step minimises ``lm + coherence_weight * coherence``: the LM loss on
-    ``batch_size`` original-order texts, and the BCE of a :class:`CoherenceHead` on
-    ``batch_size`` reorderable texts, half of them as written (label 1) and half reordered by
-    :func:`perturb_sentence_order` (label 0). A seeded ``heldout_fraction`` of ``texts`` is
-    never trained on; the coherence accuracy and a LM loss are measured on it at the end.
+    Each step draws ``batch_size`` texts (with replacement) and minimises
+    ``w_lm * language_lm + w_coherence * coherence`` (weights from ``loss_weights``, missing
+    names weigh 1.0, as in the LightningModule). A coherence weight of 0 drops the head.
 
     Args:
         decoder: the report decoder (trained in place; cross-attention left untouched).
         tokenizer: the report tokenizer.
         texts: the corpus.
-        steps: optimizer steps.
-        batch_size: texts per step and objective.
+        steps: optimizer steps (<= 0: nothing).
+        batch_size: texts per step.
         lr: AdamW learning rate.
-        seed: seed of the held-out split, the batches and the reorderings.
-        coherence_weight: weight of the coherence loss; 0 turns the objective off.
-        heldout_fraction: fraction of ``texts`` held out for evaluation (0..1).
-        log_every: log a progress line every this many steps (0: only the summary).
+        seed: seed of the batches and the reorderings.
+        loss_weights: weights of ``language_lm`` and ``coherence``.
 
     Returns:
-        Per-step losses and the held-out measures (:class:`LanguagePretrainResult`).
+        The per-step losses (:class:`LanguagePretrainResult`).
 
     Raises:
-        ValueError: on a negative weight, a fraction outside [0, 1), or when the coherence
-            objective is on but no training text has two sentences to reorder.
+        ValueError: on a negative weight.
     """
-    if coherence_weight < 0:
-        raise ValueError(f"coherence_weight must be >= 0; got {coherence_weight}")
-    if not 0.0 <= heldout_fraction < 1.0:
-        raise ValueError(f"heldout_fraction must be in [0, 1); got {heldout_fraction}")
+    weights = {name: float((loss_weights or {}).get(name, 1.0)) for name in LANGUAGE_LOSS_KEYS}
+    negative = {name: w for name, w in weights.items() if w < 0}
+    if negative:
+        raise ValueError(f"language loss weights must be >= 0; got {negative}")
     if steps <= 0 or not texts:
         return LanguagePretrainResult()
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     texts = list(texts)
-    order = rng.permutation(len(texts))
-    n_held = int(round(heldout_fraction * len(texts))) if len(texts) > 1 else 0
-    heldout = [texts[i] for i in order[:n_held]]
-    train = [texts[i] for i in order[n_held:]]
-    ids, attention = encode_reports(tokenizer, train, decoder.max_length)
-
     device = next(decoder.parameters()).device
-    params = [p for n, p in decoder.gpt2.named_parameters() if "crossattention" not in n]
-    head = None
-    if coherence_weight > 0:
-        reorderable = coherence_texts(tokenizer, train, decoder.max_length)
-        if not reorderable:
-            raise ValueError(
-                "coherence_weight > 0 needs training texts with >= 2 different sentences "
-                f"that fit in max_length={decoder.max_length} tokens; none of the {len(train)} "
-                "texts has them (set coherence_weight=0)"
-            )
-        coherent_ids, coherent_att = encode_reports(tokenizer, reorderable, decoder.max_length)
-        head = CoherenceHead(decoder.d_model).to(device)
-        params += list(head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    head = CoherenceHead(decoder.d_model).to(device) if weights["coherence"] > 0 else None
+    optimizer = torch.optim.AdamW(language_parameters(decoder, head), lr=lr, weight_decay=0.01)
     was_training = decoder.training
     decoder.train()
-    result = LanguagePretrainResult(n_train_texts=len(train), n_heldout_texts=len(heldout))
-    n_pos = max(1, batch_size // 2)
-    for step in range(1, steps + 1):
-        pick = torch.from_numpy(rng.integers(0, ids.shape[0], batch_size))
-        batch_ids, batch_att = ids[pick].to(device), attention[pick].to(device)
-        labels = batch_ids.masked_fill(batch_att == 0, IGNORE_INDEX)
-        lm = decoder.gpt2(input_ids=batch_ids, attention_mask=batch_att, labels=labels).loss
-        loss = lm
-        if head is not None:
-            positives = torch.from_numpy(rng.integers(0, len(reorderable), n_pos))
-            sources = rng.integers(0, len(reorderable), max(1, batch_size - n_pos))
-            negatives = [perturb_sentence_order(reorderable[i], rng) for i in sources]
-            neg_ids, neg_att = encode_reports(tokenizer, negatives, decoder.max_length)
-            both_ids = torch.cat([coherent_ids[positives], neg_ids]).to(device)
-            both_att = torch.cat([coherent_att[positives], neg_att]).to(device)
-            target = torch.cat([torch.ones(n_pos), torch.zeros(len(negatives))]).to(device)
-            logits = head(decoder.report_embedding(both_ids, both_att)).float()
-            coherence = F.binary_cross_entropy_with_logits(logits, target)
-            loss = lm + coherence_weight * coherence
-            result.coherence_losses.append(float(coherence.detach()))
+    result = LanguagePretrainResult(head=head)
+    for _ in range(steps):
+        batch = [texts[i] for i in rng.integers(0, len(texts), batch_size)]
+        losses = language_losses(decoder, head, tokenizer, batch, rng)
+        total = sum(weights[name] * value for name, value in losses.items())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         optimizer.step()
-        result.lm_losses.append(float(lm.detach()))
-        if log_every > 0 and (step % log_every == 0 or step == steps):
-            coherence_text = (
-                f", coherence {np.mean(result.coherence_losses[-log_every:]):.3f}" if head else ""
-            )
-            log.info(
-                "language step %d/%d: lm %.3f nats/token%s (%.0f s)",
-                step,
-                steps,
-                np.mean(result.lm_losses[-log_every:]),
-                coherence_text,
-                time.perf_counter() - start,
-            )
+        result.lm_losses.append(float(losses["language_lm"].detach()))
+        if "coherence" in losses:
+            result.coherence_losses.append(float(losses["coherence"].detach()))
     decoder.train(was_training)
-    result.heldout_lm_loss = _heldout_lm_loss(decoder, tokenizer, heldout)
-    if head is not None:
-        result.coherence_accuracy = evaluate_coherence(decoder, head, tokenizer, heldout, seed)
     result.seconds = time.perf_counter() - start
     log.info(
-        "language pretraining: %d steps in %.1f s, lm loss %.3f -> %.3f nats/token "
-        "(held-out %s), held-out coherence accuracy %s",
+        "inline language pretraining: %d steps in %.1f s, lm loss %.3f -> %.3f nats/token",
         steps,
         result.seconds,
         result.lm_losses[0],
         result.final_lm_loss,
-        "-" if result.heldout_lm_loss is None else f"{result.heldout_lm_loss:.3f}",
-        "-" if result.coherence_accuracy is None else f"{result.coherence_accuracy:.3f}",
     )
     return result

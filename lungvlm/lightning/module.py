@@ -17,26 +17,33 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lungvlm.lightning.checkpointing import (
+from lungvlm.clinical.hu import default_normalization
+from lungvlm.lightning.checkpoint import (
     CHECKPOINT_KEY,
     inference_metadata,
     load_weights_non_strict,
+    plain_data,
     read_checkpoint,
 )
-from lungvlm.lightning.vl_task import VL_LOSS_NAMES, VisionLanguageConfig, VisionLanguageTask
+from lungvlm.lightning.language import LANGUAGE_LOSS_KEYS, LanguageTask, decoder_config
+from lungvlm.lightning.vision_language import (
+    VL_LOSS_NAMES,
+    VisionLanguageConfig,
+    VisionLanguageTask,
+)
 from lungvlm.losses.masking import apply_mask, batch_block_mask, masked_reconstruction_loss
 from lungvlm.losses.segmentation import DiceHausdorffLoss
 from lungvlm.metrics.crop_segmentation import SegmentationMetrics
 from lungvlm.models.encoder import MultiScaleEncoder3D
 from lungvlm.models.heads.reconstruction import ReconstructionHead
 from lungvlm.models.heads.segmentation import SegmentationHead
-from lungvlm.models.vlm import VisionLanguageHeads
+from lungvlm.models.vision_language import VisionLanguageHeads
 from lungvlm.text.tokenizer import tokenizer_from_json, tokenizer_to_json
 
 log = logging.getLogger(__name__)
 
-Stage = Literal["pretrain", "segment", "vision_language"]
-STAGES: tuple[str, ...] = ("pretrain", "segment", "vision_language")
+Stage = Literal["pretrain", "segment", "language", "vision_language"]
+STAGES: tuple[str, ...] = ("pretrain", "segment", "language", "vision_language")
 HeadFactory = Callable[[Sequence[dict]], nn.Module]
 
 
@@ -70,11 +77,13 @@ def _build(
 
 
 class LungVLMModule(L.LightningModule):
-    """Training, validation and test logic of stages 1 (pretrain) and 2 (segment).
+    """Training, validation and test logic of every stage.
 
     Args:
         encoder: the shared multi-scale 3D encoder.
-        stage: which stage this run trains: "pretrain", "segment" or "vision_language".
+        stage: which stage this run trains: "pretrain", "segment", "language" (the report
+            decoder of ``vl_heads`` on text only: causal LM + report coherence) or
+            "vision_language".
         seg_head: segmentation head (or a factory taking the encoder's ``feature_info``).
         recon_head: reconstruction head for masked-volume pretraining (or its factory).
         seg_loss: Dice + Hausdorff loss of the segmentation head.
@@ -128,12 +137,19 @@ class LungVLMModule(L.LightningModule):
         if stage in ("segment", "vision_language") and self.seg_head is None:
             raise ValueError(f"stage={stage!r} needs a seg_head")
         self.vl_heads: VisionLanguageHeads | None = _build(vl_heads, info)
-        if stage == "vision_language" and self.vl_heads is None:
-            raise ValueError("stage='vision_language' needs vl_heads")
+        if stage in ("language", "vision_language") and self.vl_heads is None:
+            raise ValueError(f"stage={stage!r} needs vl_heads")
         self.vl_config = vl or VisionLanguageConfig()
         self.vl = (
             VisionLanguageTask(self.vl_heads, self.vl_config) if self.vl_heads is not None else None
         )
+        # The coherence head exists only in the language stage: stage-3 keys stay unchanged.
+        self.language: LanguageTask | None = None
+        if stage == "language":
+            self.language = LanguageTask(self.vl_heads.decoder, seed=torch.initial_seed())
+            trained = {id(p) for p in self.language.trained_parameters()}
+            for parameter in self.parameters():  # only the decoder's language weights learn
+                parameter.requires_grad_(id(parameter) in trained)
         self.seg_loss = seg_loss if seg_loss is not None else DiceHausdorffLoss()
         self.loss_weights = dict(loss_weights or {})
         self.mask_block_size_vox = tuple(mask_block_size_vox)
@@ -146,7 +162,7 @@ class LungVLMModule(L.LightningModule):
         self.init_from = init_from
         self.init_from_required = init_from_required
         self.image_log_every_n_epochs = image_log_every_n_epochs
-        self.normalization: dict[str, float] = {"hu_min": -1000.0, "hu_max": 400.0}
+        self.normalization: dict[str, float] = default_normalization()
         self.seg_metrics = nn.ModuleDict(
             {split: SegmentationMetrics() for split in ("val", "test")}
         )
@@ -189,12 +205,14 @@ class LungVLMModule(L.LightningModule):
             run_dir = self.trainer.default_root_dir if self._trainer else None
             save_dir = run_dir if self._trainer is None or self.trainer.is_global_zero else None
             fresh = stage == "fit" and self._initialised_from_vl is False
+            if self.stage == "language":  # the tokenizer stage 3 would fit, saved with the run
+                self.vl.fit_tokenizer(extra, save_dir)
             # A fresh decoder starts from the language checkpoint (model.vl.language_init) when
             # there is one; else language first, inline: every rank runs the same seeded steps.
-            if not (fresh and self.vl.load_language_init(save_dir)):
+            elif not (fresh and self.vl.load_language_init(save_dir)):
                 self.vl.fit_tokenizer(extra, save_dir)
                 if fresh:
-                    self.vl.pretrain_language()
+                    self.vl.pretrain_language(self.loss_weights)
 
     @property
     def tasks(self) -> list[str]:
@@ -203,14 +221,25 @@ class LungVLMModule(L.LightningModule):
             return ["reconstruction"]
         if self.stage == "segment":
             return ["segmentation"]
+        if self.stage == "language":
+            return list(LANGUAGE_LOSS_KEYS)
         return ["segmentation", *VL_LOSS_NAMES]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Store the metadata inference needs (normalisation, labels, stage)."""
+        """Store the metadata inference needs (normalisation, labels, stage) as plain data.
+
+        The hyper-parameters become plain data too, so the file loads with
+        ``torch.load(weights_only=True)`` (:mod:`lungvlm.lightning.checkpoint`).
+        """
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+            if key in checkpoint:
+                checkpoint[key] = plain_data(checkpoint[key])
         checkpoint[CHECKPOINT_KEY] = inference_metadata(self.stage, self.normalization, self.tasks)
         if self.vl is not None and self.vl.tokenizer is not None:
             checkpoint[CHECKPOINT_KEY]["tokenizer_json"] = tokenizer_to_json(self.vl.tokenizer)
             checkpoint[CHECKPOINT_KEY]["report_max_length"] = self.vl_heads.max_length
+        if self.stage == "language":  # stage 3 checks its decoder sizes against these
+            checkpoint[CHECKPOINT_KEY]["decoder_config"] = decoder_config(self.vl_heads.decoder)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the normalisation parameters saved by :meth:`on_save_checkpoint`."""
@@ -222,13 +251,15 @@ class LungVLMModule(L.LightningModule):
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         """Tokenise the reports (stage 3) on the CPU before the batch moves to the device."""
-        if self.vl is not None and getattr(batch, "report_tokens", None) is None:
-            self.vl.tokenize_batch(batch)
+        if self.language is None and self.vl is not None:
+            if getattr(batch, "report_tokens", None) is None:
+                self.vl.tokenize_batch(batch)
         return batch
 
     def configure_optimizers(self):
         """Build the optimizer (and scheduler) from the configured factories."""
-        optimizer = self.optimizer_factory(self.parameters())
+        params = self.parameters() if self.language is None else self.language.trained_parameters()
+        optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
@@ -273,8 +304,16 @@ class LungVLMModule(L.LightningModule):
         losses = {"segmentation": parts["total"], **vl_losses}
         return losses, {"logits": logits[0], "vl_forward": forward}
 
-    def shared_step(self, batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def shared_step(
+        self, batch, reorder_seed: int | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Compute the named losses of this stage and auxiliary outputs.
+
+        Args:
+            batch: a :class:`~lungvlm.types.LungBatch` (:class:`~lungvlm.types.TextBatch` in the
+                language stage).
+            reorder_seed: language stage: seed of the sentence reorderings (evaluation, so every
+                validation sees the same copies); None draws them from the task's generator.
 
         Returns:
             (losses, outputs): ``losses`` maps task names to scalars and holds ``total``, their
@@ -282,6 +321,9 @@ class LungVLMModule(L.LightningModule):
         """
         if self.stage == "pretrain":
             losses, outputs = self._reconstruction_losses(batch)
+        elif self.stage == "language":
+            losses = self.language.losses(self.vl.tokenizer, batch.texts, reorder_seed)
+            outputs = {}
         elif self.stage == "segment":
             losses, outputs = self._segmentation_losses(batch)
         else:
@@ -294,7 +336,10 @@ class LungVLMModule(L.LightningModule):
     ) -> None:
         on_step = split == "train"
         for name, value in losses.items():
-            key = f"{split}/loss" if name == "total" else f"{split}/{name}/loss"
+            if name == "total":
+                key = f"{split}/loss"
+            else:
+                key = f"{split}/{LANGUAGE_LOSS_KEYS.get(name, f'{name}/loss')}"
             self.log(
                 key,
                 value,
@@ -328,8 +373,12 @@ class LungVLMModule(L.LightningModule):
         return losses["total"]
 
     def _eval_step(self, split: str, batch, batch_idx: int) -> None:
-        losses, outputs = self.shared_step(batch)
+        losses, outputs = self.shared_step(batch, reorder_seed=batch_idx)
         self._log_losses(split, losses, outputs, batch.batch_size)
+        if self.language is not None:
+            self.language.update_metrics(split, self.vl.tokenizer, batch.texts, seed=batch_idx)
+            accuracy = self.language.coherence_accuracy[split]
+            self.log(f"{split}/language/coherence_accuracy", accuracy, on_epoch=True)
         if "logits" in outputs:
             metrics = self.seg_metrics[split]
             metrics.update(outputs["logits"], batch.seg_mask, batch.seg_present, batch.spacing_mm)
@@ -350,7 +399,7 @@ class LungVLMModule(L.LightningModule):
         self._eval_step("test", batch, batch_idx)
 
     def _log_eval_metrics(self, split: str) -> None:
-        if self.stage == "pretrain":
+        if self.stage in ("pretrain", "language"):  # language: logged as a Metric in the step
             return
         values = self.seg_metrics[split].compute()
         for name, value in values.items():

@@ -1,307 +1,376 @@
-"""Stage-3 losses and metrics: report CE, contrastive, grounding, risk and concepts.
-
-Kept out of :mod:`lungvlm.lightning.module` so the LightningModule stays small; the module owns
-the weighting and calls :func:`vision_language_losses` from its shared step.
-"""
+"""Stage-3 plumbing used by the LightningModule: tokenizer, batch tokens, metrics, samples."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import CatMetric
-from torchmetrics.classification import BinaryAUROC
 
-from lungvlm.labels import CONCEPT_NAMES, GROWTH_BINS_MONTHS
-from lungvlm.losses.grounding import mention_grounding_loss_token_grid
-from lungvlm.losses.risk import concept_loss, lungrads_ordinal_loss, malignancy_loss
-from lungvlm.losses.survival import growth_survival_loss, probability_event_by
-from lungvlm.metrics.grounding import HeatmapMassInMask, PointingGame
-from lungvlm.metrics.report import ClinicalConceptF1, QuestionAnswerAccuracy, ReportTextMetrics
-from lungvlm.metrics.risk import ConcordanceIndex, lungrads_metrics, malignancy_metrics
+from lungvlm.lightning.language import (
+    LanguagePretrainResult,
+    load_language_decoder,
+    pretrain_language,
+)
+from lungvlm.lightning.vision_language_losses import (
+    SPICULATED_UNIT_THRESHOLD,
+    ZERO_SHOT_PROMPTS,
+    RiskTextSchedule,
+    concept_index,
+    sentence_heatmaps,
+    vision_language_losses,
+)
+from lungvlm.metrics.vision_language import (
+    VisionLanguageMetrics,
+    growth_risk_score,
+    risk_update,
+)
 from lungvlm.models.generation import greedy_generate
-from lungvlm.models.grounding import average_attention, token_heatmaps
-from lungvlm.models.report_decoder import IGNORE_INDEX
-from lungvlm.models.vlm import VisionLanguageHeads
+from lungvlm.models.vision_language import VisionLanguageHeads
+from lungvlm.text.corpus import build_report_corpus, crop_findings_corpus
+from lungvlm.text.qa import qa_prompt
+from lungvlm.text.tokenizer import (
+    char_spans_to_token_labels,
+    encode_prompt,
+    encode_qa,
+    encode_reports,
+    save_tokenizer,
+    train_tokenizer,
+)
 
-#: Prompts of the zero-shot spiculation classifier (positive first).
-ZERO_SHOT_PROMPTS: tuple[str, str] = ("A spiculated nodule.", "A smooth nodule.")
-#: A nodule counts as spiculated for zero-shot AUROC when its rating is >= 2 of 5 (unit >= 0.25).
-SPICULATED_UNIT_THRESHOLD = 0.25
-#: Risk variants evaluated: which text the risk head sees.
-RISK_VARIANTS: tuple[str, ...] = ("risk", "risk_generated", "risk_visual")
+log = logging.getLogger(__name__)
+
+#: Names of the stage-3 losses besides segmentation (keys of ``model.loss_weights``).
+VL_LOSS_NAMES: tuple[str, ...] = (
+    "report",
+    "qa",
+    "contrastive",
+    "grounding",
+    "malignancy",
+    "lungrads",
+    "growth",
+    "concepts",
+)
 
 
 @dataclass
-class VLForward:
-    """Intermediate tensors of one stage-3 forward pass (for losses and metrics)."""
-
-    pooled: Tensor
-    text_embedding: Tensor
-    cross_attentions: tuple[Tensor, ...]
-    geometry: object
-    visual_tokens: Tensor
-    risk: object
-    concepts: object
-
-
-@dataclass(frozen=True)
-class RiskTextSchedule:
-    """Which findings text the risk head reads in a training batch (one draw per batch).
+class VisionLanguageConfig:
+    """Stage-3 settings that are not network sizes.
 
     Attributes:
-        dropout: probability of no text (trains the head's visual-only input).
-        generated: probability of the decoder's own greedy findings for the crop instead of the
-            reference (the inference setting: the head learns how far to trust generated text).
-        max_new_tokens: length limit of that generation, tokens.
+        tokenizer_corpus_size: rendered random reports in the tokenizer's training corpus.
+        tokenizer_corpus_files: text files (one report or sentence per line) added to it.
+        tokenizer_seed: seed of the rendered corpus.
+        generation_max_new_tokens: longest generated report in validation, tokens.
+        num_sample_reports: generated reports written per evaluation (markdown + TensorBoard).
+        language_pretrain_steps: text-only causal-LM + report-coherence steps of a fresh
+            decoder before stage 3 when there is no ``language_init`` file (0: off).
+        language_pretrain_texts: crop-style findings texts rendered for those inline steps.
+        language_init: Lightning checkpoint of the ``language`` stage (``make train-language``:
+            ``runs/language/checkpoints/last.ckpt``) whose tokenizer and decoder weights a
+            fresh decoder starts from, instead of fitting and pretraining inline; a missing
+            file is warned about and the inline path is used (None: inline).
+        risk_text_dropout: probability per training batch that the risk head sees no text.
+        risk_generated_text: probability per training batch that the risk head reads the
+            decoder's own greedy findings instead of the reference (the inference setting).
+        qa_max_new_tokens: longest generated answer to a question in validation, tokens.
     """
 
-    dropout: float = 0.0
-    generated: float = 0.0
-    max_new_tokens: int = 90
-
-    def draw(self) -> str:
-        """ "none", "generated" or "reference" for one batch."""
-        u = float(torch.rand(()))
-        if u < self.dropout:
-            return "none"
-        return "generated" if u < self.dropout + self.generated else "reference"
-
-
-def generated_report_embedding(
-    heads: VisionLanguageHeads, visual_tokens: Tensor, max_new_tokens: int
-) -> Tensor:
-    """Report embedding (B, d) of the decoder's greedy findings for ``visual_tokens``.
-
-    Generation runs without gradients in eval mode (no dropout); the embedding of the generated
-    ids is differentiable, as for reference text.
-    """
-    decoder = heads.decoder
-    was_training = decoder.training
-    decoder.eval()
-    try:
-        out = greedy_generate(decoder, visual_tokens.detach(), max_new_tokens)
-    finally:
-        decoder.train(was_training)
-    b = visual_tokens.shape[0]
-    bos = torch.full((b, 1), decoder.bos_token_id, dtype=torch.long, device=visual_tokens.device)
-    ids = torch.cat([bos, out.token_ids], 1)
-    attention = torch.cat([torch.ones_like(bos), out.token_mask.long()], 1)
-    return decoder.report_embedding(ids, attention)
+    tokenizer_corpus_size: int = 2000
+    tokenizer_corpus_files: list[str] = field(default_factory=list)
+    tokenizer_seed: int = 0
+    generation_max_new_tokens: int = 90
+    num_sample_reports: int = 8
+    language_pretrain_steps: int = 0
+    language_pretrain_texts: int = 4000
+    language_init: str | None = None
+    risk_text_dropout: float = 0.0
+    risk_generated_text: float = 0.0
+    qa_max_new_tokens: int = 48
 
 
-def vision_language_forward(
-    heads: VisionLanguageHeads,
-    features: list[Tensor],
-    batch,
-    risk_text: RiskTextSchedule | None = None,
-    seg_logits: Tensor | None = None,
-) -> VLForward:
-    """Teacher-forced forward of the stage-3 heads on encoder ``features`` and ``batch``.
+def fit_report_tokenizer(config: VisionLanguageConfig, vocab_size: int, extra_texts=()):
+    """Train the stage-3 tokenizer: rendered reports, crop findings, user files, ``extra_texts``.
 
-    In training, ``risk_text`` picks per batch what the risk head reads: the reference
-    findings, no text (so visual-only risk is meaningful) or the decoder's own generated
-    findings (so risk from generated text, the inference setting, is trained).
-    ``seg_logits`` (the finest segmentation logits) feed the heads' mask pooling, if enabled.
-    """
-    tokens, geometry, pooled = heads.encode(features, seg_logits)
-    dec = heads.decoder(batch.report_tokens, batch.report_attention, tokens, output_attentions=True)
-    choice = risk_text.draw() if (heads.training and risk_text is not None) else "reference"
-    # The risk head reads the findings text (never the impression, which names the category).
-    text = heads.decoder.report_embedding(batch.report_tokens, batch.report_attention)
-    risk_input = {"reference": text, "none": None}.get(choice)
-    if choice == "generated":
-        max_new = min(risk_text.max_new_tokens, heads.max_length - 1)
-        risk_input = generated_report_embedding(heads, tokens, max_new)
-    forward = VLForward(
-        pooled=pooled,
-        text_embedding=text,
-        cross_attentions=dec.cross_attentions,
-        geometry=geometry,
-        visual_tokens=tokens,
-        risk=heads.risk_head(pooled, risk_input),
-        concepts=heads.concept_head(pooled),
-    )
-    forward.report_loss = dec.loss
-    return forward
+    Shared by stage 3 and the ``language`` stage, so both train the same tokenizer.
 
-
-def question_answer_loss(heads: VisionLanguageHeads, visual_tokens: Tensor, batch) -> Tensor:
-    """Cross-entropy (nats/token) of the reference answers given ``Q: ... A:`` and the crop.
-
-    Only answer tokens (and their [EOS]) are targets; rows without a question are ignored.
-    Returns 0 (with a graph) when the batch has no question.
-    """
-    zero = visual_tokens.sum() * 0.0
-    mask = getattr(batch, "qa_answer_mask", None)
-    if mask is None or not bool(mask.any()):
-        return zero
-    length = int(batch.qa_attention.sum(1).max())
-    ids, attention = batch.qa_tokens[:, :length], batch.qa_attention[:, :length]
-    rows = mask.any(1)
-    dec = heads.decoder(ids[rows], attention[rows], visual_tokens[rows], output_attentions=False)
-    targets = ids[rows][:, 1:].masked_fill(~mask[rows][:, 1:length], IGNORE_INDEX)
-    return F.cross_entropy(
-        dec.logits[:, :-1].reshape(-1, dec.logits.shape[-1]).float(),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-    )
-
-
-def vision_language_losses(
-    heads: VisionLanguageHeads,
-    features: list[Tensor],
-    batch,
-    risk_text: RiskTextSchedule | None = None,
-    seg_logits: Tensor | None = None,
-):
-    """Named stage-3 losses (segmentation excluded) and the forward outputs.
+    Args:
+        config: the corpus settings (``tokenizer_corpus_size``/``_files``/``_seed``).
+        vocab_size: largest vocabulary (the decoder's ``vocab_size``).
+        extra_texts: further texts (e.g. a DataModule's training reports).
 
     Returns:
-        (losses, forward): ``losses`` maps "report", "qa", "contrastive", "grounding",
-        "malignancy", "lungrads", "growth", "concepts" to scalars; absent labels are masked.
+        The trained fast tokenizer.
     """
-    fwd = vision_language_forward(heads, features, batch, risk_text, seg_logits)
-    risk = fwd.risk
-    zero = fwd.pooled.sum() * 0.0
-    losses = {
-        "report": fwd.report_loss if fwd.report_loss is not None else zero,
-        "qa": question_answer_loss(heads, fwd.visual_tokens, batch),
-        "contrastive": heads.contrastive(fwd.pooled, fwd.text_embedding)
-        if fwd.pooled.shape[0] > 1
-        else zero,
-        "grounding": mention_grounding_loss_token_grid(
-            fwd.cross_attentions,
-            fwd.geometry,
-            batch.token_nodule,
-            batch.seg_mask,
-            batch.seg_present,
-        ),
-        "malignancy": malignancy_loss(
-            risk.malignancy_logit, batch.malignancy, batch.malignancy_present
-        ),
-        "lungrads": lungrads_ordinal_loss(
-            risk.lungrads_cumulative_logits, batch.lungrads, batch.lungrads_present
-        ),
-        "growth": growth_survival_loss(
-            risk.growth_hazard_logits,
+    # Crop reports describe one nodule: add such findings texts beside the exam reports.
+    crop_texts = crop_findings_corpus(
+        max(1, config.tokenizer_corpus_size // 4), config.tokenizer_seed
+    )
+    corpus = build_report_corpus(
+        config.tokenizer_corpus_size,
+        config.tokenizer_seed,
+        config.tokenizer_corpus_files,
+        [*crop_texts, *extra_texts],
+    )
+    tokenizer = train_tokenizer(corpus, vocab_size=vocab_size)
+    log.info("tokenizer: %d tokens trained on %d texts", len(tokenizer), len(corpus))
+    return tokenizer
+
+
+def language_pretrain_corpus(config: VisionLanguageConfig) -> list[str]:
+    """The language-pretraining texts: ``language_pretrain_texts`` crop findings sections."""
+    return crop_findings_corpus(config.language_pretrain_texts, config.tokenizer_seed)
+
+
+class VisionLanguageTask(nn.Module):
+    """Holds the stage-3 metrics and the tokenizer; the heads are referenced, not owned."""
+
+    def __init__(self, heads: VisionLanguageHeads, config: VisionLanguageConfig) -> None:
+        super().__init__()
+        self._heads = (heads,)  # a tuple keeps the heads out of this module's parameters
+        self.config = config
+        self.tokenizer = None
+        self.metrics = nn.ModuleDict({s: VisionLanguageMetrics() for s in ("val", "test")})
+        self.samples: dict[str, list[tuple[str, str, str]]] = {"val": [], "test": []}
+
+    @property
+    def heads(self) -> VisionLanguageHeads:
+        return self._heads[0]
+
+    # ---------------------------------------------------------------- tokenizer
+    def fit_tokenizer(self, extra_texts=(), save_dir: str | None = None) -> None:
+        """Train the tokenizer on the rendered corpus + ``extra_texts``; save it under ``save_dir``."""
+        vocab = self.heads.decoder.vocab_size if hasattr(self.heads.decoder, "vocab_size") else 512
+        self.tokenizer = fit_report_tokenizer(self.config, vocab, extra_texts)
+        if save_dir:
+            save_tokenizer(self.tokenizer, Path(save_dir) / "tokenizer")
+
+    def load_language_init(self, save_dir: str | None = None) -> bool:
+        """Take the tokenizer and decoder weights from ``config.language_init``.
+
+        Args:
+            save_dir: run folder; the loaded tokenizer is saved under ``save_dir/tokenizer``.
+
+        Returns:
+            True if loaded; False if ``language_init`` is unset or names no file (warned).
+
+        Raises:
+            ValueError: if the file is not a language-stage checkpoint or its decoder sizes
+                differ from this decoder's (:func:`~lungvlm.lightning.language.load_language_decoder`).
+        """
+        path = self.config.language_init
+        if not path:
+            return False
+        if not Path(path).is_file():
+            log.warning(
+                "language_init=%s does not exist (run `make train-language`): fitting the "
+                "tokenizer and pretraining the decoder inline",
+                path,
+            )
+            return False
+        self.tokenizer, _ = load_language_decoder(path, self.heads.decoder)
+        log.info(
+            "language_init=%s: tokenizer (%d tokens) and decoder loaded", path, len(self.tokenizer)
+        )
+        if save_dir:
+            save_tokenizer(self.tokenizer, Path(save_dir) / "tokenizer")
+        return True
+
+    def pretrain_language(self, loss_weights=None) -> LanguagePretrainResult:
+        """Inline language pretraining of the decoder (:func:`~lungvlm.lightning.language.pretrain_language`).
+
+        Args:
+            loss_weights: the module's ``loss_weights`` (``language_lm``, ``coherence``; 1.0 if absent).
+        """
+        cfg = self.config
+        return pretrain_language(
+            self.heads.decoder,
+            self.tokenizer,
+            language_pretrain_corpus(cfg) if cfg.language_pretrain_steps > 0 else [],
+            cfg.language_pretrain_steps,
+            loss_weights=loss_weights,
+        )
+
+    def tokenize_batch(self, batch) -> None:
+        """Fill ``report_tokens``, ``report_attention`` and ``token_nodule`` of ``batch``."""
+        if self.tokenizer is None:
+            raise RuntimeError(
+                "stage 3 needs a tokenizer: call fit_tokenizer() or load a checkpoint"
+            )
+        length = self.heads.max_length
+        ids, attention = encode_reports(self.tokenizer, batch.report_text, length)
+        labels = [
+            char_spans_to_token_labels(self.tokenizer, text, spans, length)
+            for text, spans in zip(batch.report_text, batch.report_spans, strict=True)
+        ]
+        batch.report_tokens, batch.report_attention = ids, attention
+        batch.token_nodule = torch.stack(labels)
+        prompts = [qa_prompt(q) if q else "" for q in batch.qa_question]
+        batch.qa_tokens, batch.qa_attention, batch.qa_answer_mask = encode_qa(
+            self.tokenizer, prompts, batch.qa_answer, length
+        )
+
+    # ---------------------------------------------------------------- losses / metrics
+    def losses(self, features: list[Tensor], batch, seg_logits: Tensor | None = None):
+        """Named stage-3 losses and the forward outputs (see :func:`vision_language_losses`)."""
+        cfg = self.config
+        schedule = RiskTextSchedule(
+            cfg.risk_text_dropout, cfg.risk_generated_text, cfg.generation_max_new_tokens
+        )
+        return vision_language_losses(self.heads, features, batch, schedule, seg_logits)
+
+    def _embed_texts(self, texts: list[str], device) -> Tensor:
+        ids, attention = encode_reports(self.tokenizer, texts, self.heads.max_length)
+        return self.heads.decoder.report_embedding(ids.to(device), attention.to(device))
+
+    @torch.no_grad()
+    def update_metrics(self, split: str, fwd, batch, keep_samples: bool) -> None:
+        """Update every stage-3 metric of ``split`` with one evaluated batch."""
+        heads, metrics = self.heads, self.metrics[split]
+        device = fwd.pooled.device
+        generated = greedy_generate(
+            heads.decoder,
+            fwd.visual_tokens,
+            self.config.generation_max_new_tokens,
+            tokenizer=self.tokenizer,
+        ).sequences
+        metrics.text.update(generated, batch.report_text)
+        metrics.concept_f1.update(generated, batch.report_text)
+
+        risk_update(metrics, "risk", fwd.risk, batch)
+        risk_update(metrics, "risk_visual", heads.risk_head(fwd.pooled, None), batch)
+        generated_emb = self._embed_texts(generated, device)
+        risk_update(metrics, "risk_generated", heads.risk_head(fwd.pooled, generated_emb), batch)
+        metrics.growth_cindex.update(
+            growth_risk_score(fwd.risk),
             batch.growth_time_months,
             batch.growth_event,
             batch.growth_present,
-            GROWTH_BINS_MONTHS,
-        ),
-        "concepts": concept_loss(
-            fwd.concepts.concept_logits, batch.concepts, batch.concepts_present
-        ),
-    }
-    return losses, fwd
+        )
 
+        maps, masks = sentence_heatmaps(fwd, batch, tuple(batch.image.shape[2:]))
+        if maps.shape[0]:
+            metrics.pointing.update(maps, masks)
+            metrics.mass.update(maps, masks)
 
-class VisionLanguageMetrics(nn.Module):
-    """One set of stage-3 metrics for one split (val or test)."""
+        nodule = batch.seg_present & (batch.seg_mask.flatten(1).amax(1) > 0.5)
+        if bool(nodule.any()):
+            visual = heads.contrastive.embed_visual(fwd.pooled[nodule])
+            text = heads.contrastive.embed_text(fwd.text_embedding[nodule])
+            metrics.visual_embeddings.update(visual.float())
+            metrics.text_embeddings.update(text.float())
+            prompts = heads.contrastive.embed_text(
+                self._embed_texts(list(ZERO_SHOT_PROMPTS), device)
+            )
+            scale = heads.contrastive.logit_scale()
+            probs = (scale * visual @ prompts.T).softmax(-1)[:, 0]
+            k = concept_index("spiculation")
+            known = batch.concepts_present[nodule, k]
+            if bool(known.any()):
+                target = (batch.concepts[nodule, k] >= SPICULATED_UNIT_THRESHOLD).long()
+                metrics.zero_shot.update(probs[known].float(), target[known])
+        answers = self._answer_questions(fwd.visual_tokens, batch)
+        asked = [i for i, q in enumerate(batch.qa_question) if q]
+        if asked:
+            metrics.qa.update(
+                [batch.qa_kind[i] for i in asked],
+                [answers[i] for i in asked],
+                [batch.qa_answer[i] for i in asked],
+            )
+        if keep_samples:
+            n = self.config.num_sample_reports
+            qa = [
+                (batch.qa_question[i], batch.qa_answer[i], answers[i]) if batch.qa_question[i]
+                else None
+                for i in range(len(batch.patient_id))
+            ]  # fmt: skip
+            self.samples[split] = list(
+                zip(
+                    batch.patient_id[:n], batch.report_text[:n], generated[:n], qa[:n],
+                    strict=True,
+                )
+            )  # fmt: skip
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.text = ReportTextMetrics()
-        self.concept_f1 = ClinicalConceptF1()
-        self.pointing = PointingGame()
-        self.mass = HeatmapMassInMask()
-        self.growth_cindex = ConcordanceIndex()
-        self.risk = nn.ModuleDict()
-        for variant in RISK_VARIANTS:
-            self.risk[f"{variant}_malignancy"] = malignancy_metrics()
-            self.risk[f"{variant}_lungrads"] = lungrads_metrics()
-        self.visual_embeddings = CatMetric()
-        self.text_embeddings = CatMetric()
-        self.zero_shot = BinaryAUROC()
-        self.qa = QuestionAnswerAccuracy()
+    def answer_question(
+        self, visual_tokens: Tensor, question: str, max_new_tokens: int | None = None
+    ):
+        """Greedy answer to ``question`` about one crop.
 
-    def compute(self) -> dict[str, Tensor]:
-        """All values keyed ``task/metric`` (the caller adds the split)."""
-        out: dict[str, Tensor] = {}
-        text = self.text.compute()
-        out.update({f"report/{k}": v for k, v in text.items()})
-        f1 = self.concept_f1.compute()
-        for key, value in f1.items():  # "micro_f1" -> concept_f1, "margin/f1" -> concept_margin_f1
-            name = key.removeprefix("micro_").replace("/", "_")
-            out[f"report/concept_{name}"] = value
-        out["grounding/pointing_game"] = self.pointing.compute()
-        out["grounding/mass_in_mask"] = self.mass.compute()
-        out["risk/growth_cindex"] = self.growth_cindex.compute()
-        for name, metric in self.risk.items():
-            variant, task = name.rsplit("_", 1)
-            for key, value in metric.compute().items():
-                out[f"{variant}/{task}_{key}"] = value
-        visual, text_emb = self.visual_embeddings.compute(), self.text_embeddings.compute()
-        if visual.ndim == 2 and visual.shape[0] > 1:
-            from lungvlm.metrics.report import retrieval_recall_at_k
+        Args:
+            visual_tokens: (1, N, d_model) visual tokens of the crop.
+            question: the question text (any wording; see :mod:`lungvlm.text.qa`).
+            max_new_tokens: answer length limit (default ``config.qa_max_new_tokens``).
 
-            sim = visual @ text_emb.T
-            out["retrieval/recall_at_1"] = retrieval_recall_at_k(sim, 1)
-            out["retrieval/recall_at_5"] = retrieval_recall_at_k(sim, min(5, sim.shape[0]))
-        if bool(self.qa.total.sum() > 0):
-            out.update({f"qa/accuracy_{k}": v for k, v in self.qa.compute().items()})
-        try:
-            out["zero_shot/spiculation_auroc"] = self.zero_shot.compute()
-        except (ValueError, RuntimeError):
-            pass  # no samples with both classes
-        return out
+        Returns:
+            The :class:`~lungvlm.models.generation.GenerationOutput` of the answer (its
+            ``sequences[0]`` is the text; ``cross_attentions`` give the answer's heatmaps).
+        """
+        prefix = encode_prompt(self.tokenizer, qa_prompt(question)).to(visual_tokens.device)
+        room = self.heads.max_length - prefix.shape[1]
+        if room < 1:
+            raise ValueError(f"the question {question!r} is too long for the decoder")
+        limit = min(max_new_tokens or self.config.qa_max_new_tokens, room)
+        return greedy_generate(
+            self.heads.decoder, visual_tokens, limit, tokenizer=self.tokenizer, prefix_ids=prefix
+        )
 
-    def reset(self) -> None:
-        """Reset every metric."""
-        for module in self.modules():
-            if module is not self and hasattr(module, "reset") and hasattr(module, "_defaults"):
-                module.reset()
+    def _answer_questions(self, visual_tokens: Tensor, batch) -> list[str]:
+        """Generated answer of every sample's question ("" where it has none)."""
+        answers = [""] * len(batch.qa_question)
+        for i, question in enumerate(batch.qa_question):
+            if question:
+                answers[i] = self.answer_question(visual_tokens[i : i + 1], question).sequences[0]
+        return answers
 
+    def compute_metrics(self, split: str) -> dict[str, Tensor]:
+        """Compute and reset the metrics of ``split``; keys are ``task/metric``."""
+        metrics = self.metrics[split]
+        values = metrics.compute()
+        metrics.reset()
+        return values
 
-def sentence_heatmaps(
-    fwd: VLForward, batch, input_shape: tuple[int, int, int]
-) -> tuple[Tensor, Tensor]:
-    """Teacher-forced heatmap of each nodule mention, averaged over its tokens.
-
-    Query t produces token t + 1, so a mention's heatmap averages the attention of the queries
-    that wrote its tokens. Returns (heatmaps (N, D, H, W), masks (N, D, H, W)) over the samples
-    with a present, non-empty mask and at least one mention token.
-    """
-    attention = average_attention(fwd.cross_attentions, "mean", "mean")  # (B, T, N)
-    labels = torch.full_like(batch.token_nodule, -1)
-    labels[:, :-1] = batch.token_nodule[:, 1:]
-    maps, masks = [], []
-    for i in range(attention.shape[0]):
-        mention = labels[i] == 0
-        if not bool(batch.seg_present[i]) or not bool(mention.any()):
-            continue
-        if not bool(batch.seg_mask[i].any()):
-            continue
-        pooled = attention[i : i + 1, mention].mean(dim=1, keepdim=True)  # (1, 1, N)
-        heat = token_heatmaps(pooled, fwd.geometry, input_shape)[0, 0]
-        maps.append(heat)
-        masks.append(batch.seg_mask[i, 0] > 0.5)
-    if not maps:
-        empty = torch.zeros((0, *input_shape), device=attention.device)
-        return empty, empty.bool()
-    return torch.stack(maps), torch.stack(masks)
-
-
-def concept_index(name: str) -> int:
-    """Index of concept ``name`` in :data:`CONCEPT_NAMES`."""
-    return CONCEPT_NAMES.index(name)
-
-
-def risk_update(metrics: VisionLanguageMetrics, variant: str, risk, batch) -> None:
-    """Update the malignancy and Lung-RADS metrics of one risk variant."""
-    metrics.risk[f"{variant}_malignancy"].update(
-        torch.sigmoid(risk.malignancy_logit.float()),
-        batch.malignancy.long(),
-        batch.malignancy_present,
-    )
-    metrics.risk[f"{variant}_lungrads"].update(
-        risk.lungrads_prediction(), batch.lungrads, batch.lungrads_present
-    )
-
-
-def growth_risk_score(risk) -> Tensor:
-    """P(growth by 12 months) from the hazard logits: the C-index risk score (B,)."""
-    return probability_event_by(risk.growth_hazard_logits.float(), 12.0, GROWTH_BINS_MONTHS)
+    def write_samples(
+        self, split: str, epoch: int, run_dir: str, loggers, step: int
+    ) -> Path | None:
+        """Write the kept generated reports next to their references (markdown + TensorBoard)."""
+        samples = self.samples.get(split) or []
+        if not samples:
+            return None
+        lines = [f"# {split} samples, epoch {epoch}", ""]
+        for patient, reference, generated, qa in samples:
+            lines += [
+                f"## {patient}",
+                "",
+                "**Reference**",
+                "",
+                reference,
+                "",
+                "**Generated**",
+                "",
+                generated or "_(empty)_",
+                "",
+            ]
+            if qa is not None:
+                question, expected, answer = qa
+                lines += [
+                    f"**Q:** {question}  ",
+                    f"**Reference answer:** {expected}  ",
+                    f"**Generated answer:** {answer or '_(empty)_'}",
+                    "",
+                ]
+        text = "\n".join(lines)
+        folder = Path(run_dir) / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{split}_epoch{epoch:03d}.md"
+        tmp = path.with_suffix(".md.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        for item in loggers or []:
+            experiment = getattr(item, "experiment", None)
+            if hasattr(experiment, "add_text"):
+                experiment.add_text(f"{split}/report/samples", text, step)
+        self.samples[split] = []
+        return path

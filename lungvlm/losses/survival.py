@@ -14,6 +14,13 @@ with ``cuts=bins``, shifted by one because pycox also gives the cut point bins[0
 * a censoring before bins[1] gets index -1: no interval was completed, so the sample carries
   no information and :func:`logistic_hazard_loss` skips it;
 * a time beyond bins[-1] is censored at bins[-1] (index J - 1, event 0), as in pycox.
+
+pycox is the reference ``tests/test_survival.py`` checks both against, not a run-time
+dependency: its loss is the same four tensor operations as :func:`logistic_hazard_loss`, its
+label transform works on NumPy arrays (a device-to-host copy per batch), and any ``import
+pycox...`` runs its package ``__init__``, which loads pandas, numba, scikit-learn and pyarrow
+(about 1,600 modules and 2 s on top of torch, measured on a 2-core CPU) and creates a data
+folder inside its install directory unless ``PYCOX_DATA_DIR`` is set.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@
 - :mod:`lungvlm.sweep.runner`: trials as LightningCLI ``fit`` runs with pruning
   (:func:`run_sweep`).
 - :mod:`lungvlm.sweep.report`: ``best.yaml``, ``trials.csv`` and plots.
-- :mod:`lungvlm.sweep.cli`: the ``sweep`` subcommand.
+- :mod:`lungvlm.commands.sweep`: the ``sweep`` subcommand.
 
 The names below are imported on first use, so that ``lungvlm --help`` (which imports
-:mod:`lungvlm.sweep.cli`) does not load Lightning and Optuna.
+:mod:`lungvlm.commands.sweep`) does not load Lightning and Optuna.
 """
 
 from __future__ import annotations

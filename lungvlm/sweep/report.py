@@ -16,7 +16,7 @@ import optuna
 from lightning.pytorch.cli import LightningArgumentParser
 from optuna.trial import TrialState
 
-from lungvlm.lightning.cli import LungVLMCLI
+from lungvlm.commands.fit import LungVLMCLI
 from lungvlm.sweep.runner import cli_args
 from lungvlm.sweep.space import SweepConfig
 

@@ -32,7 +32,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
-from lungvlm.lightning.cli import LungVLMCLI
+from lungvlm.commands.fit import LungVLMCLI
 from lungvlm.sweep.space import SweepConfig
 
 log = logging.getLogger(__name__)

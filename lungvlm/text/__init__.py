@@ -10,8 +10,8 @@ from lungvlm.text.schema import (
     Impression,
     NoduleChange,
     NoduleFinding,
-    TextSpan,
 )
+from lungvlm.types import ReportSpan
 
 __all__ = [
     "ExamFindings",
@@ -22,7 +22,7 @@ __all__ = [
     "ParsedReport",
     "RenderStyle",
     "RenderedReport",
-    "TextSpan",
+    "ReportSpan",
     "parse_findings_fields",
     "parse_report",
     "render_report",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungvlm.text.renderer import render_report
+from lungvlm.text.renderer import RenderStyle, render_report
 from lungvlm.text.sampling import random_exam_findings
 
 #: Fixed sentences that are not produced by the findings renderer but appear in data/prompts.
@@ -54,3 +54,25 @@ def build_report_corpus(
         )
     corpus.extend(str(t) for t in extra_texts if str(t).strip())
     return corpus
+
+
+def crop_findings_corpus(n_texts: int, seed: int = 0) -> list[str]:
+    """Findings sections of random one-nodule (or nodule-free) exams, like crop reports.
+
+    The language stage trains on them, and the tokenizer sees them beside the exam reports.
+
+    Args:
+        n_texts: number of texts.
+        seed: seed of the findings and of the wording (the first ``k`` texts of a seed are the
+            same whatever ``n_texts``).
+
+    Returns:
+        ``n_texts`` FINDINGS sections.
+    """
+    rng = np.random.default_rng(seed)
+    texts = []
+    for i in range(n_texts):
+        findings = random_exam_findings(rng, max_nodules=1)
+        style = RenderStyle(mention_defaults=1.0) if not findings.nodules else None
+        texts.append(render_report(findings, seed=seed * 7919 + i, style=style).findings_text)
+    return texts

@@ -25,8 +25,9 @@ import re
 from dataclasses import dataclass
 
 from lungvlm.text.phrases import Piece, nodule_lines
-from lungvlm.text.schema import ExamFindings, TextSpan
+from lungvlm.text.schema import ExamFindings
 from lungvlm.text.vocabulary import EMPHYSEMA_ADJECTIVES, NO_NODULE_SENTENCES
+from lungvlm.types import ReportSpan
 
 #: Sentence templates of the main nodule sentence.
 SENTENCE_TEMPLATES: tuple[str, ...] = (
@@ -100,7 +101,7 @@ class RenderedReport:
     text: str
     findings_text: str
     impression_text: str
-    spans: list[TextSpan]
+    spans: list[ReportSpan]
 
 
 class Chooser:
@@ -159,14 +160,14 @@ def render_report(
     pieces.extend(_impression_pieces(findings, chooser))
 
     text_parts: list[str] = []
-    spans: list[TextSpan] = []
+    spans: list[ReportSpan] = []
     offset = 0
     findings_end = 0
     for piece in pieces:
         if piece.text == "\n\n":
             findings_end = offset
         for name in (piece.field, *piece.also) if piece.field else ():
-            spans.append(TextSpan(offset, offset + len(piece.text), piece.nodule, name))
+            spans.append(ReportSpan(offset, offset + len(piece.text), piece.nodule, name))
         text_parts.append(piece.text)
         offset += len(piece.text)
     text = "".join(text_parts)

@@ -25,7 +25,6 @@ from lungvlm.text.vocabulary import (
     PLEURAL_RELATIONS,
     SHAPES,
     SIDES,
-    SPAN_FIELDS,
 )
 
 
@@ -58,33 +57,6 @@ def _clean_sentence(name: str, value: object) -> str:
     if not text or "\n" in text:
         raise ValueError(f"{name}={value!r} must be non-empty single-line text")
     return text
-
-
-@dataclass(frozen=True)
-class TextSpan:
-    """A character span of a report tied to one nodule and one finding field.
-
-    Same four fields as ``data_modules.batch.ReportSpan`` (``lungvlm`` must not import
-    ``data_modules``; data code converts).
-
-    Attributes:
-        start: first character (inclusive).
-        end: last character (exclusive).
-        nodule_index: index of the nodule in ``ExamFindings.nodules``, or -1 for exam-level text.
-        field: one of :data:`lungvlm.text.vocabulary.SPAN_FIELDS`.
-    """
-
-    start: int
-    end: int
-    nodule_index: int
-    field: str
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.start <= self.end:
-            raise ValueError(f"start={self.start}, end={self.end}: expected 0 <= start <= end")
-        if self.nodule_index < -1:
-            raise ValueError(f"nodule_index={self.nodule_index} must be >= -1")
-        _choice("field", self.field, SPAN_FIELDS)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ BYTE_ALPHABET_SIZE = 256
 
 
 class CharSpan(Protocol):
-    """Anything with character bounds and a nodule index (e.g. ``data_modules.batch.ReportSpan``)."""
+    """Anything with character bounds and a nodule index (e.g. ``lungvlm.types.ReportSpan``)."""
 
     start: int
     end: int

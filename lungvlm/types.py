@@ -19,21 +19,35 @@ from torch import Tensor
 from lungvlm.labels import CONCEPT_NAMES, GROWTH_BINS_MONTHS
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReportSpan:
     """A character span of a report tied to one nodule and one finding field.
+
+    The one span type: the renderer writes them, the data modules carry them in batches, the
+    tokenizer turns them into token labels for mention grounding.
 
     Attributes:
         start: first character (inclusive).
         end: last character (exclusive).
-        nodule_index: index of the nodule in the sample's nodule list, or -1 for exam-level text.
-        field: the finding the span states, e.g. "size", "margin", "attenuation".
+        nodule_index: index of the nodule in the findings' nodule list, or -1 for exam-level text.
+        field: the finding the span states, one of :data:`lungvlm.text.vocabulary.SPAN_FIELDS`
+            ("size", "margin", "attenuation", ...).
     """
 
     start: int
     end: int
     nodule_index: int
     field: str
+
+    def __post_init__(self) -> None:
+        from lungvlm.text.vocabulary import SPAN_FIELDS
+
+        if not 0 <= self.start <= self.end:
+            raise ValueError(f"start={self.start}, end={self.end}: expected 0 <= start <= end")
+        if self.nodule_index < -1:
+            raise ValueError(f"nodule_index={self.nodule_index} must be >= -1")
+        if self.field not in SPAN_FIELDS:
+            raise ValueError(f"field={self.field!r} is not one of {SPAN_FIELDS}")
 
 
 @dataclass
@@ -254,4 +268,34 @@ def collate_samples(samples: list[NoduleSample]) -> LungBatch:
     )
 
 
-__all__ = ["GROWTH_BINS_MONTHS", "LungBatch", "NoduleSample", "ReportSpan", "collate_samples"]
+@dataclass
+class TextBatch:
+    """A batch of texts without images (the language stage's report-decoder pretraining).
+
+    Attributes:
+        texts: B report or findings texts.
+    """
+
+    texts: list[str]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.texts, list):
+            raise TypeError(f"texts must be a list of str; got {type(self.texts).__name__}")
+        wrong = [type(t).__name__ for t in self.texts if not isinstance(t, str)]
+        if wrong:
+            raise TypeError(f"texts must be a list of str; got an item of type {wrong[0]}")
+
+    @property
+    def batch_size(self) -> int:
+        """Number of texts B."""
+        return len(self.texts)
+
+
+__all__ = [
+    "GROWTH_BINS_MONTHS",
+    "LungBatch",
+    "NoduleSample",
+    "ReportSpan",
+    "TextBatch",
+    "collate_samples",
+]

@@ -24,6 +24,29 @@ def _as_triplet(value: ArrayLike, name: str) -> tuple[float, float, float]:
     return (float(arr[0]), float(arr[1]), float(arr[2]))
 
 
+def affine_lps(
+    spacing_mm: ArrayLike,
+    origin_lps_mm: ArrayLike = (0.0, 0.0, 0.0),
+    direction: ArrayLike | None = None,
+) -> NDArray[np.float64]:
+    """The 4x4 matrix taking a homogeneous **(z, y, x, 1)** index to **(x, y, z, 1)** LPS mm.
+
+    Args:
+        spacing_mm: voxel size (z, y, x) in mm.
+        origin_lps_mm: world (x, y, z) position of voxel (0, 0, 0) in mm.
+        direction: (3, 3) ITK direction (columns = LPS unit vectors of index axes x, y, z);
+            None is the identity.
+
+    The index is in array order (k, j, i), the output in world order (x, y, z): this is the ITK
+    matrix ``D @ diag(spacing)`` with its columns reversed to match the array order.
+    """
+    d = np.eye(3) if direction is None else np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = d[:, ::-1] * np.asarray(spacing_mm, dtype=np.float64)[None, :]
+    affine[:3, 3] = np.asarray(origin_lps_mm, dtype=np.float64)
+    return affine
+
+
 @dataclass(eq=False)
 class CTVolume:
     """A CT volume in Hounsfield units with its patient-space (LPS) geometry.
@@ -73,10 +96,7 @@ class CTVolume:
         position of ``array_hu[k, j, i]``; the output is in world order (x, y, z). This is the
         ITK matrix ``D @ diag(spacing)`` with its columns reversed to match the array order.
         """
-        affine = np.eye(4)
-        affine[:3, :3] = self.direction[:, ::-1] * np.asarray(self.spacing_mm)[None, :]
-        affine[:3, 3] = self.origin_lps_mm
-        return affine
+        return affine_lps(self.spacing_mm, self.origin_lps_mm, self.direction)
 
     def voxel_to_world(self, zyx: ArrayLike) -> NDArray[np.float64]:
         """Continuous (z, y, x) voxel indices, shape (..., 3) -> LPS world (x, y, z) in mm."""

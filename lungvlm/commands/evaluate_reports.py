@@ -1,7 +1,7 @@
 """``lungvlm evaluate-reports``: whole-exam report evaluation on phantom chests (issue 7).
 
 This module is CLI wiring, so it may import ``data_modules``; the scores are pure functions in
-:mod:`lungvlm.inference.report_eval` (conventions there). Per seed: the phantom case is rendered
+:mod:`lungvlm.evaluation.reports` (conventions there). Per seed: the phantom case is rendered
 in process (:func:`data_modules.phantom.generate_case`; with ``--follow-up-months M`` the
 follow-up scan :func:`~data_modules.phantom.generate_follow_up` with noise seed ``seed + 7919``
 as ``lungvlm phantom --follow-up`` does, reported with the baseline as prior, interval
@@ -24,41 +24,25 @@ import math
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from lungvlm.commands.options import add_ckpt, add_device, add_phantom_size, add_progress
 
-from data_modules.lung_mask import lung_mask
-from data_modules.phantom import PhantomConfig, generate_case, generate_follow_up
-from data_modules.phantom.labels import DAYS_PER_MONTH
-from data_modules.phantom.report import exam_findings, render
-from data_modules.phantom.writers import write_dicom_series
-from lungvlm.export.schema import ExamReport, Source
-from lungvlm.export.writer import write_text_atomic
-from lungvlm.inference.evaluate_cli import DEFAULT_SEEDS, parse_seeds, write_json_atomic
-from lungvlm.inference.report_analysis import ReportModel, load_report_model, segment_volume
-from lungvlm.inference.report_cli import read_scan
-from lungvlm.inference.report_eval import (
-    detection_record,
-    nodule_concepts,
-    reference_concepts,
-    score_case,
-    summarize,
-)
-from lungvlm.inference.report_pipeline import PriorScan, generate_report
+if TYPE_CHECKING:
+    from lungvlm.export.schema import ExamReport
+    from lungvlm.inference.report_analysis import ReportModel
+
 
 log = logging.getLogger(__name__)
 
 CASCADE_MODES = ("on", "off", "compare")
-PHANTOM_SIZES = ("default", "tiny")
 #: Noise seed offset of a follow-up scan (as ``lungvlm phantom --follow-up``).
 FOLLOW_UP_SEED_OFFSET = 7919
 CASE_RESULT_FILE = "case_eval.json"
 
 
-def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser | None:
-    """Add the ``evaluate-reports`` subcommand (once, however often called)."""
-    if "evaluate-reports" in subparsers.choices:
-        return None
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``evaluate-reports`` subcommand."""
     parser = subparsers.add_parser(
         "evaluate-reports",
         help="score whole-exam reports on phantom chests (detection, Lung-RADS, concept F1)",
@@ -67,16 +51,19 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser 
             "score detection, exam Lung-RADS, concept F1, growth and VDT, and step timings."
         ),
     )
-    parser.add_argument("--ckpt", type=Path, required=True, help="stage-3 checkpoint")
-    parser.add_argument("--phantom-seeds", default=DEFAULT_SEEDS,
-                        help=f"START:STOP (default {DEFAULT_SEEDS}, the test split)")  # fmt: skip
+    add_ckpt(parser)
+    parser.add_argument(
+        "--phantom-seeds", default=None,
+        help="phantom chests START:STOP, STOP excluded (default: the first 4 test-split seeds)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--follow-up-months", type=float, default=None,
                         help="report a follow-up scan MONTHS later with the baseline as prior")  # fmt: skip
     parser.add_argument("--cascade", choices=CASCADE_MODES, default="off",
                         help="adaptive-resolution cascade; compare also runs the full pass")  # fmt: skip
-    parser.add_argument("--size", choices=PHANTOM_SIZES, default="default", help="phantom size")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    add_phantom_size(parser)
+    add_device(parser)
+    add_progress(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -92,6 +79,9 @@ def reference_from_case(case) -> dict:
     """Truth of a :class:`~data_modules.phantom.PhantomCase`: nodules (centre LPS mm, mean
     diameter mm, Lung-RADS, change status, VDT days or None when infinite, concept fields), the
     exam category, emphysema grade and the reference findings text."""
+    from data_modules.phantom.report import exam_findings, render
+    from lungvlm.evaluation.reports import reference_concepts
+
     findings = exam_findings(case.nodules, case.laa950_percent)
     text = case.findings_text or render(findings, seed=case.seed).findings_text
     concepts = reference_concepts(text, len(case.nodules))
@@ -124,6 +114,8 @@ def reference_from_case(case) -> dict:
 
 def report_fields(report: ExamReport) -> dict:
     """What the written report states, in the shape :func:`score_case` reads."""
+    from lungvlm.evaluation.reports import nodule_concepts
+
     nodules = []
     for n in report.nodules:
         text = " ".join(s.text.strip() for s in n.sentences)
@@ -147,6 +139,8 @@ def report_fields(report: ExamReport) -> dict:
 
 
 def _full_pass(rm: ReportModel, volume, lungs) -> dict:
+    from lungvlm.inference.report_analysis import segment_volume
+
     _, segmentation, seconds = segment_volume(rm, volume, lungs, cascade=False)
     candidates = [
         {"centre_lps_mm": list(n.centroid_world_mm), "mean_diameter_mm": n.mean_diameter_mm}
@@ -162,9 +156,17 @@ def evaluate_case(rm: ReportModel, seed: int, index: int, args, settings: dict) 
     the prior scan, as in ``lungvlm report``); ``overhead_s`` the phantom rendering and DICOM
     writing, which are not part of a report.
     """
+    from data_modules.phantom import PhantomConfig, generate_case, generate_follow_up
+    from data_modules.phantom.labels import DAYS_PER_MONTH
+    from data_modules.phantom.writers import write_dicom_series
+    from lungvlm.commands.scan_io import read_volume
+    from lungvlm.export.schema import Source
+    from lungvlm.imaging.lung_mask import lung_mask
+    from lungvlm.inference.report_pipeline import PriorScan, generate_report
+
     name = case_name(seed, args.follow_up_months)
     start = time.perf_counter()
-    config = PhantomConfig.tiny() if args.size == "tiny" else PhantomConfig()
+    config = PhantomConfig.tiny() if args.phantom_size == "tiny" else PhantomConfig()
     case = prior_case = generate_case(seed, config)
     if args.follow_up_months is not None:
         case = generate_follow_up(prior_case, args.follow_up_months, seed + FOLLOW_UP_SEED_OFFSET)
@@ -179,8 +181,13 @@ def evaluate_case(rm: ReportModel, seed: int, index: int, args, settings: dict) 
         overhead["write_dicom"] = time.perf_counter() - start
         timings = {}
         start = time.perf_counter()
-        volume, kind, sources = read_scan(Path(tmp) / "current")
-        prior_volume = read_scan(Path(tmp) / "prior")[0] if case is not prior_case else None
+        scan_file = read_volume(Path(tmp) / "current")
+        volume, kind, sources = scan_file.volume, scan_file.format, scan_file.source_datasets
+        prior_volume = (
+            read_volume(Path(tmp) / "prior", with_headers=False).volume
+            if case is not prior_case
+            else None
+        )
         timings["read"] = time.perf_counter() - start
         start = time.perf_counter()
         lungs = lung_mask(volume.array_hu, volume.spacing_mm)
@@ -210,6 +217,8 @@ def evaluate_case(rm: ReportModel, seed: int, index: int, args, settings: dict) 
 
 def _score(row: dict) -> dict:
     """(Re)compute the scores of a row from its reference and report."""
+    from lungvlm.evaluation.reports import detection_record, score_case
+
     row.update(score_case(row["reference"], row["report"]))
     if row.get("full_pass"):
         row["full_pass"]["detection"] = detection_record(
@@ -308,28 +317,32 @@ def _settings(args) -> dict:
         "checkpoint": str(ckpt.resolve()),
         "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns,
         "cascade": args.cascade,
-        "size": args.size,
+        "size": args.phantom_size,
         "follow_up_months": args.follow_up_months,
     }
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``lungvlm evaluate-reports``; returns the exit code."""
-    from rich.progress import Progress
+    from lungvlm import progress as lungvlm_progress
+    from lungvlm.commands.evaluate import default_seeds, parse_seeds
+    from lungvlm.commands.options import resolve_device
+    from lungvlm.commands.progress import progress_bars
+    from lungvlm.evaluation.reports import summarize
+    from lungvlm.export.writer import write_text_atomic
+    from lungvlm.inference.report_analysis import load_report_model
 
-    seeds = parse_seeds(args.phantom_seeds)
+    seeds = parse_seeds(args.phantom_seeds or default_seeds())
     months = args.follow_up_months
     if months is not None and not (math.isfinite(months) and months > 0):
         raise ValueError(f"--follow-up-months={months} must be a positive number of months")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     rm = load_report_model(args.ckpt, map_location=device)
     settings = {**_settings(args), "device": device}
     resume_settings = {k: v for k, v in settings.items() if k != "device"}
     rows = []
-    with Progress() as progress:
-        task = progress.add_task("phantom reports", total=len(seeds))
+    with progress_bars(args.progress):
+        lungvlm_progress.update("phantom reports", 0, len(seeds))
         for index, seed in enumerate(seeds):
             name = case_name(seed, months)
             case_dir = args.out / "cases" / name
@@ -337,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
             resumed = row is not None
             if row is None:
                 row = evaluate_case(rm, seed, index, args, resume_settings)
-                write_json_atomic(case_dir / CASE_RESULT_FILE, row)
+                write_text_atomic(case_dir / CASE_RESULT_FILE, json.dumps(row, indent=2))
             row = _score(row)
             row["resumed"] = resumed
             rows.append(row)
@@ -349,11 +362,11 @@ def run(args: argparse.Namespace) -> int:
                 row["report"]["exam_category"], row["reference"]["exam_category"],
                 sum(row["timings_s"].values()),
             )  # fmt: skip
-            progress.advance(task)
+            lungvlm_progress.update("phantom reports", index + 1, len(seeds))
     summary = summarize(rows)
     summary["n_resumed"] = sum(r["resumed"] for r in rows)
-    write_json_atomic(args.out / "report_eval.json",
-                      {"settings": settings, "summary": summary, "cases": rows})  # fmt: skip
+    report_eval = {"settings": settings, "summary": summary, "cases": rows}
+    write_text_atomic(args.out / "report_eval.json", json.dumps(report_eval, indent=2))
     markdown = format_markdown(summary, rows, settings)
     write_text_atomic(args.out / "report_eval.md", markdown)
     print(markdown.split("\n## Cases")[0])

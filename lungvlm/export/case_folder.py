@@ -7,6 +7,10 @@ Layout (built in a temporary sibling and renamed into place by
     <out>/report.md                            narrative (lungvlm.export.json_report)
     <out>/index.html                           report beside the overlays
     <out>/segmentation.nii.gz                  nodule label map on the scan grid (value = index)
+    <out>/probability.nii.gz                   the segmentation's nodule probability (float32)
+    <out>/heatmaps/nodule_NN_sentence_MM.nii.gz each sentence's heatmap on its overlay box,
+                                               placed in world space (opens beside the scan in
+                                               3D Slicer / ITK-SNAP)
     <out>/overlays/nodule_NN.png               nodule overlay with its mean sentence heatmap
     <out>/overlays/nodule_NN_sentence_MM.png   one overlay per generated sentence
     <out>/dicom/seg.dcm, dicom/sr.dcm          DICOM SEG + SR (DICOM input with >= 1 nodule)
@@ -24,39 +28,35 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 from numpy.typing import NDArray
 
 from lungvlm.export.dicom_seg import write_dicom_seg
 from lungvlm.export.dicom_sr import write_dicom_sr
 from lungvlm.export.html import write_case_html
 from lungvlm.export.json_report import format_mm, report_markdown, write_report_json
+from lungvlm.export.nifti import write_heatmap_nifti, write_label_nifti, write_probability_nifti
 from lungvlm.export.overlays import nodule_overlay_png
 from lungvlm.export.schema import ExamReport
 from lungvlm.export.writer import atomic_output_dir, write_text_atomic
 from lungvlm.inference.nodule_heads import box_around, heatmap_on_original_box
 from lungvlm.inference.report_analysis import ScanAnalysis
+from lungvlm.progress import update as progress_update
 
 OVERLAY_FOV_MM = 80.0
 SEGMENTATION_FILE = "segmentation.nii.gz"
+PROBABILITY_FILE = "probability.nii.gz"
 
 
-def write_label_nifti(label_map: NDArray, volume, path: Path) -> Path:
-    """Write the (z, y, x) label map with the scan's LPS geometry (SimpleITK writes NIfTI)."""
-    image = sitk.GetImageFromArray(np.asarray(label_map).astype(np.uint16))
-    image.SetSpacing(tuple(float(s) for s in volume.spacing_mm)[::-1])
-    image.SetOrigin(tuple(float(v) for v in volume.origin_lps_mm))
-    direction = np.asarray(getattr(volume, "direction", np.eye(3)), dtype=np.float64)
-    image.SetDirection(tuple(direction.reshape(-1)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path), useCompression=True)
-    return path
+def sentence_heatmap_nifti(png_name: str) -> Path:
+    """``heatmaps/<stem>.nii.gz`` beside a sentence's overlay ``overlays/<stem>.png``."""
+    return Path("heatmaps") / (Path(png_name).stem + ".nii.gz")
 
 
 def _overlays(tmp: Path, report: ExamReport, analysis: ScanAnalysis, order, volume, labels):
     image, spacing = volume.array_hu, volume.spacing_mm
     files = {}
-    for nodule, position in zip(report.nodules, order, strict=True):
+    for done, (nodule, position) in enumerate(zip(report.nodules, order, strict=True)):
+        progress_update("overlays", done, len(report.nodules))
         head = analysis.heads[position]
         box = box_around(nodule.centroid_voxel_zyx, image.shape, spacing, OVERLAY_FOV_MM)
         mask = labels[box] == nodule.index
@@ -77,9 +77,22 @@ def _overlays(tmp: Path, report: ExamReport, analysis: ScanAnalysis, order, volu
         files[nodule.index] = tmp / name
         for sentence, generated in zip(nodule.sentences, head.sentences, strict=True):
             caption = sentence.text if len(sentence.text) <= 90 else sentence.text[:87] + "..."
-            nodule_overlay_png(image[box], spacing, mask, centre, heat(generated.heatmap),
+            on_box = heat(generated.heatmap)
+            nodule_overlay_png(image[box], spacing, mask, centre, on_box,
                                tmp / sentence.heatmap_file, caption, None)  # fmt: skip
+            nifti = tmp / sentence_heatmap_nifti(sentence.heatmap_file)
+            write_heatmap_nifti(on_box.astype(np.float32), box, volume, nifti)
+    progress_update("overlays", len(report.nodules), len(report.nodules))
     return files
+
+
+def with_narrative(report: ExamReport, extra_markdown: Sequence[str] = ()) -> ExamReport:
+    """The report with its markdown narrative, ``extra_markdown`` inserted before IMPRESSION."""
+    narrative = report_markdown(report)
+    if extra_markdown:
+        head, sep, tail = narrative.partition("## IMPRESSION")
+        narrative = head + "\n".join(extra_markdown) + "\n" + sep + tail
+    return replace(report, narrative=narrative)
 
 
 def write_report_outputs(
@@ -117,18 +130,16 @@ def write_report_outputs(
         start = time.perf_counter()
         overlays = _overlays(tmp, report, analysis, order, volume, labels)
         write_label_nifti(labels, volume, tmp / SEGMENTATION_FILE)
+        probability = analysis.prepared.to_original_grid(analysis.segmentation.probability, order=1)
+        write_probability_nifti(np.clip(probability, 0.0, 1.0), volume, tmp / PROBABILITY_FILE)
         if source_datasets is not None and report.nodules:
             indices = [n.index for n in report.nodules]
             write_dicom_seg(source_datasets, labels, indices, tmp / "dicom" / "seg.dcm")
             seg = pydicom.dcmread(tmp / "dicom" / "seg.dcm")
             write_dicom_sr(source_datasets, seg, report.nodules, tmp / "dicom" / "sr.dcm")
         timings = {**report.timings_s, "export": time.perf_counter() - start}
-        report = replace(report, timings_s=timings)
-        narrative = report_markdown(report)
-        if extra_markdown:
-            head, sep, tail = narrative.partition("## IMPRESSION")
-            narrative = head + "\n".join(extra_markdown) + "\n" + sep + tail
-        report = replace(report, narrative=narrative)
+        report = with_narrative(replace(report, timings_s=timings), extra_markdown)
+        narrative = report.narrative
         write_case_html(report, overlays, tmp / "index.html")
         write_text_atomic(tmp / "report.md", narrative)
         write_report_json(report, tmp / "report.json")

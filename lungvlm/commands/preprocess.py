@@ -9,9 +9,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from data_modules.cache import IMAGE_DTYPES, CacheSpec
-from data_modules.io import MALIGNANCY_RULES
-from data_modules.preprocess import FORMATS, LUNA16_MASKS, PreprocessOptions, preprocess
+from lungvlm.commands.options import add_progress
+
+
+#: Choices spelled here so that ``--help`` imports nothing; ``tests/test_preprocess.py`` checks
+#: they equal the data modules' own (``FORMATS``, ``LUNA16_MASKS``, ``IMAGE_DTYPES``,
+#: ``MALIGNANCY_RULES``).
+FORMAT_CHOICES: tuple[str, ...] = ("lidc", "luna16", "dicom")
+LUNA16_MASK_CHOICES: tuple[str, ...] = ("none", "sphere")
+DTYPE_CHOICES: tuple[str, ...] = ("float16", "float32")
+MALIGNANCY_RULE_CHOICES: tuple[str, ...] = ("mean_gt3", "mean_le2_ge4", "median_high")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -25,40 +32,49 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "DST/failures.json)."
         ),
     )
-    parser.add_argument("format", choices=FORMATS, help="layout of the source data")
+    parser.add_argument("format", choices=FORMAT_CHOICES, help="layout of the source data")
     parser.add_argument("--src", type=Path, required=True, help="raw data root")
     parser.add_argument("--dst", type=Path, required=True, help="cache folder")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--spacing", type=float, default=1.0, help="isotropic voxel size, mm")
-    parser.add_argument("--hu-min", type=float, default=-1000.0, help="lower HU clip (-> 0)")
-    parser.add_argument("--hu-max", type=float, default=400.0, help="upper HU clip (-> 1)")
-    parser.add_argument("--margin-mm", type=float, default=10.0, help="margin around the lungs")
-    parser.add_argument("--dtype", choices=IMAGE_DTYPES, default="float16", help="image dtype")
     parser.add_argument(
-        "--malignancy-rule", choices=MALIGNANCY_RULES, default="mean_gt3",
+        "--hu-min", type=float, default=None, help="lower HU clip (-> 0; default -1000 HU)"
+    )
+    parser.add_argument(
+        "--hu-max", type=float, default=None, help="upper HU clip (-> 1; default 400 HU)"
+    )
+    parser.add_argument("--margin-mm", type=float, default=10.0, help="margin around the lungs")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="float16", help="image dtype")
+    parser.add_argument(
+        "--malignancy-rule", choices=MALIGNANCY_RULE_CHOICES, default="mean_gt3",
         help="LIDC: reader ratings -> binary malignancy (recorded per nodule)",
     )  # fmt: skip
     parser.add_argument(
-        "--luna16-mask", choices=LUNA16_MASKS, default="none",
+        "--luna16-mask", choices=LUNA16_MASK_CHOICES, default="none",
         help="LUNA16: no mask, or a ball of the annotated diameter (an approximation)",
     )  # fmt: skip
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress(parser)
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``lungvlm preprocess`` with parsed ``args``; returns the exit code."""
+    from data_modules.cache import CacheSpec
+    from data_modules.preprocess import PreprocessOptions, preprocess
+    from lungvlm.clinical.hu import DEFAULT_NORMALIZATION_RANGE_HU
+
+    hu_min, hu_max = DEFAULT_NORMALIZATION_RANGE_HU
     spec = CacheSpec(
         spacing_mm=args.spacing,
-        hu_min=args.hu_min,
-        hu_max=args.hu_max,
+        hu_min=hu_min if args.hu_min is None else args.hu_min,
+        hu_max=hu_max if args.hu_max is None else args.hu_max,
         margin_mm=args.margin_mm,
         image_dtype=args.dtype,
     )
     options = PreprocessOptions(args.malignancy_rule, args.luna16_mask)
     result = preprocess(
-        args.format, args.src, args.dst, spec, options, args.workers, not args.no_progress
+        args.format, args.src, args.dst, spec, options, args.workers, args.progress
     )
     print(
         f"preprocess {args.format}: {len(result.written)} written, {len(result.skipped)} "

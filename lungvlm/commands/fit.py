@@ -1,4 +1,8 @@
-"""LightningCLI subclass behind ``lungvlm fit|validate|test|predict``."""
+"""``lungvlm fit|validate|test``: the LightningCLI subclass that trains and evaluates every stage.
+
+``--ckpt_path`` (resume) is always read with ``weights_only=True``; our checkpoints hold plain
+data only (:mod:`lungvlm.lightning.checkpoint`).
+"""
 
 from __future__ import annotations
 
@@ -64,8 +68,19 @@ class LungVLMCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        """Resolve ``precision: null`` (automatic) before the trainer is built."""
+        """Resolve ``precision: null`` (automatic) and make ``--ckpt_path`` load safely.
+
+        Raises:
+            ValueError: ``--weights_only false``: LungVLM never unpickles a checkpoint.
+        """
         config = self.config.get(str(self.subcommand), self.config)
+        if "weights_only" in config:
+            if config["weights_only"] is False:
+                raise ValueError(
+                    "--weights_only false is refused: LungVLM reads every checkpoint with "
+                    "weights_only=True (a pickled object in a checkpoint can run code)"
+                )
+            config["weights_only"] = True
         trainer = config.get("trainer")
         if trainer is not None and "precision" in trainer:
             trainer["precision"] = resolve_precision(
@@ -82,3 +97,39 @@ class LungVLMCLI(LightningCLI):
                 CSVLogger(run_dir, name="", version="csv"),
             ]
         return super().instantiate_trainer(**kwargs)
+
+
+def run_lightning(argv: list[str]) -> None:
+    """Run LungVLMCLI with ``argv`` (first element: fit, validate or test).
+
+    Raises:
+        ValueError: a ``--ckpt_path`` checkpoint that a safe (weights-only) load refuses or
+            cannot read, with the reason.
+    """
+    import sys
+    import warnings
+
+    # LightningCLI warns when given args that also sit in sys.argv (the console script case).
+    args = None if list(argv) == sys.argv[1:] else list(argv)
+    with warnings.catch_warnings():
+        # The module tokenises reports before the transfer on purpose (the DataModule does not).
+        warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer`")
+        _run_cli(args)
+
+
+def _run_cli(args: list[str] | None) -> None:
+    import pickle
+
+    from lungvlm.lightning.checkpoint import refused_global
+
+    try:
+        LungVLMCLI(args=args)
+    except pickle.UnpicklingError as err:
+        refused = refused_global(err)
+        reason = (
+            f"it holds a Python object ({refused}) that a safe load refuses (LungVLM reads "
+            "checkpoints with weights_only=True; a pickled object can run code)"
+            if refused
+            else "it is corrupt or not a checkpoint"
+        )
+        raise ValueError(f"--ckpt_path: the checkpoint cannot be loaded: {reason}") from err

@@ -13,17 +13,14 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+from lungvlm.commands.phantom_formats import add_format_arguments, write_phantom_set
 
-from data_modules.phantom.generator import (
-    SHAPE_SOURCES,
-    PhantomCase,
-    PhantomConfig,
-    generate_case,
-    generate_follow_up,
-)
-from data_modules.phantom.writers_cli import add_format_arguments, write_phantom_set
+if TYPE_CHECKING:
+    import numpy as np
+
+    from data_modules.phantom.generator import PhantomCase
 
 
 def _atomic(path: Path, write) -> None:
@@ -45,6 +42,8 @@ def write_volume(array: np.ndarray, case: PhantomCase, path: Path) -> None:
 
 def write_case(case: PhantomCase, out_dir: Path, stem: str) -> list[Path]:
     """Write one case's files into ``out_dir``; returns their paths."""
+    import numpy as np
+
     out_dir.mkdir(parents=True, exist_ok=True)
     image = np.clip(np.rint(case.image_hu), -32768, 32767).astype(np.int16)
     paths = [
@@ -64,6 +63,8 @@ def write_case(case: PhantomCase, out_dir: Path, stem: str) -> list[Path]:
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``phantom`` subcommand to a ``lungvlm`` sub-parser set."""
+    from data_modules.phantom.generator import SHAPE_SOURCES
+
     parser = subparsers.add_parser(
         "phantom", help="write synthetic chest CTs with nodules, labels and reports"
     )
@@ -104,6 +105,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``lungvlm phantom`` with parsed ``args``; returns the exit code."""
+    from data_modules.phantom.generator import PhantomConfig, generate_case, generate_follow_up
+
     if args.format != "nifti":
         return write_phantom_set(args)
     from rich.progress import Progress

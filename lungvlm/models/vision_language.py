@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lungvlm.losses.contrastive import ContrastiveAlignment
+from lungvlm.models.contrastive import ContrastiveAlignment
 from lungvlm.models.heads.concepts import ConceptHead
 from lungvlm.models.heads.risk import RiskHead
 from lungvlm.models.report_decoder import ReportDecoder

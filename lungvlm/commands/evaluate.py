@@ -1,38 +1,36 @@
 """``lungvlm evaluate``: whole-scan evaluation of a checkpoint on phantom chests, or inference on
 one scan (DICOM folder, NIfTI or MetaImage) without a reference.
 
-This module is CLI wiring: it is the only part of :mod:`lungvlm.inference` that imports
-``data_modules`` (phantom generator, readers, classical lung mask). Phantom scans are whole
+Phantom scans are whole
 chests from :func:`data_modules.phantom.generate_case`; the default seeds 2,000,000..2,000,003
 lie in the test range of ``PhantomDataModule`` (``SPLIT_OFFSETS["test"]`` with data seed 0),
 disjoint from the training seeds. Reference nodules are the phantom's label map and each
 nodule's measured Lung-RADS mean diameter (the LUNA16 hit radius is half of it).
-Register it with ``register(subparsers)`` from ``lungvlm/cli.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+from lungvlm.commands.options import add_ckpt, add_device, add_phantom_size, add_progress
 
-from data_modules.io import read_dicom_series, read_metaimage, read_nifti
-from data_modules.lung_mask import lung_mask
-from data_modules.phantom import PhantomConfig, generate_case
-from data_modules.phantom_datamodule import split_seed_base
-from lungvlm.inference.cascade import segment_scan_cascade
-from lungvlm.inference.evaluate import EvaluationResult, EvaluationScan, evaluate_scans
-from lungvlm.inference.scan import load_model, prepare_scan, segment_scan
+if TYPE_CHECKING:
+    from lungvlm.evaluation.detection import EvaluationResult, EvaluationScan
 
-PHANTOM_SIZES = ("default", "tiny")
-DEFAULT_SEEDS = f"{split_seed_base('test', 0)}:{split_seed_base('test', 0) + 4}"
+#: Phantom chests evaluated by default: the first four seeds of the test split.
+DEFAULT_N_SEEDS = 4
+
+
+def default_seeds() -> str:
+    """``START:STOP`` of the first :data:`DEFAULT_N_SEEDS` test-split phantom seeds."""
+    from data_modules.phantom_datamodule import split_seed_base
+
+    start = split_seed_base("test", 0)
+    return f"{start}:{start + DEFAULT_N_SEEDS}"
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -43,14 +41,20 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description=(
             "Segment whole phantom chests (seeds START:STOP, STOP excluded) and report per-nodule "
             "Dice, sensitivity, false positives per scan and the LUNA16 FROC/CPM; or, with "
-            "--scan, list the nodules found in one CT (no reference)."
+            "a SCAN, list the nodules found in one CT (no reference)."
         ),
     )
-    parser.add_argument("--ckpt", type=Path, required=True, help="segment/vision_language ckpt")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--phantom-seeds", default=DEFAULT_SEEDS, help="START:STOP (test split)")
-    source.add_argument("--scan", type=Path, help="DICOM folder, .nii/.nii.gz or .mhd file")
-    parser.add_argument("--phantom-size", choices=PHANTOM_SIZES, default="default")
+    parser.add_argument(
+        "scan", type=Path, nargs="?", default=None,
+        help="one DICOM folder, .nii/.nii.gz or .mhd file to segment (no reference); "
+        "without it, phantom chests are evaluated",
+    )  # fmt: skip
+    add_ckpt(parser, "stage-2 ('segment') or stage-3 checkpoint")
+    parser.add_argument(
+        "--phantom-seeds", default=None,
+        help="phantom chests START:STOP, STOP excluded (default: the first 4 test-split seeds)",
+    )  # fmt: skip
+    add_phantom_size(parser)
     parser.add_argument("--out", type=Path, help="write OUT/evaluation.json")
     parser.add_argument("--cascade", action="store_true", help="low-resolution triage first")
     parser.add_argument("--target-spacing", type=float, default=1.0, help="model spacing, mm")
@@ -59,8 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold")
     parser.add_argument("--no-lung-mask", action="store_true", help="segment the whole volume")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--progress", action="store_true", help="show a window progress bar")
+    add_device(parser)
+    add_progress(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -78,6 +82,12 @@ def parse_seeds(text: str) -> range:
 
 def phantom_scans(seeds: range, size: str, with_lung_mask: bool) -> Iterator[EvaluationScan]:
     """Render whole phantom chests one at a time as evaluation rows."""
+    import numpy as np
+
+    from data_modules.phantom import PhantomConfig, generate_case
+    from lungvlm.evaluation.detection import EvaluationScan
+    from lungvlm.imaging.lung_mask import lung_mask
+
     config = PhantomConfig.tiny() if size == "tiny" else PhantomConfig()
     for seed in seeds:
         case = generate_case(seed, PhantomConfig(**{**config.__dict__, "with_report": False}))
@@ -94,29 +104,10 @@ def phantom_scans(seeds: range, size: str, with_lung_mask: bool) -> Iterator[Eva
         )  # fmt: skip
 
 
-def read_scan(path: Path):
-    """Read a DICOM folder, NIfTI or MetaImage file into a ``CTVolume``."""
-    if path.is_dir():
-        return read_dicom_series(path)
-    name = path.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
-        return read_nifti(path)
-    if name.endswith(".mhd"):
-        return read_metaimage(path)
-    raise ValueError(f"--scan {path} is not a folder, .nii/.nii.gz or .mhd file")
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(data, f, indent=2)
-        tmp = f.name
-    os.replace(tmp, path)
-
-
 def format_table(result: EvaluationResult) -> str:
     """Per-scan rows and a summary line, as plain text."""
+    import numpy as np
+
     rows = [
         f"{'scan':<18}{'nodules':>8}{'found':>7}{'FPs':>5}{'Dice':>7}{'windows':>9}{'seconds':>9}"
     ]
@@ -145,7 +136,14 @@ def format_table(result: EvaluationResult) -> str:
 
 
 def _segment_one(model, args: argparse.Namespace) -> dict:
-    volume = read_scan(args.scan)
+    import time
+
+    from lungvlm.commands.scan_io import read_volume
+    from lungvlm.imaging.lung_mask import lung_mask
+    from lungvlm.inference.cascade import segment_scan_cascade
+    from lungvlm.inference.scan import prepare_scan, segment_scan
+
+    volume = read_volume(args.scan, with_headers=False).volume
     start = time.perf_counter()
     prepared = prepare_scan(
         volume.array_hu, volume.spacing_mm, args.target_spacing, model.normalization,
@@ -156,7 +154,7 @@ def _segment_one(model, args: argparse.Namespace) -> dict:
     segment = segment_scan_cascade if args.cascade else segment_scan
     seg = segment(
         model, prepared, args.roi, args.overlap, args.sw_batch_size, lung,
-        threshold=args.threshold, progress=args.progress,
+        threshold=args.threshold,
     )  # fmt: skip
     seg.timings_s["prepare"] = prepare_s
     print(f"{'#':>3}{'score':>7}{'diameter mm':>13}{'volume mm3':>12}  world (x, y, z) mm")
@@ -175,25 +173,32 @@ def _segment_one(model, args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``lungvlm evaluate``; returns the exit code."""
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(args.ckpt, map_location=device)
+    from lungvlm.commands.options import resolve_device
+    from lungvlm.commands.progress import progress_bars
+    from lungvlm.evaluation.detection import evaluate_scans
+    from lungvlm.export.writer import write_text_atomic
+    from lungvlm.lightning.checkpoint import load_model
+
+    model = load_model(args.ckpt, map_location=resolve_device(args.device))
     settings = {"roi_size_vox": args.roi, "overlap": args.overlap}
     if args.scan is not None:
-        data = _segment_one(model, args)
+        if args.phantom_seeds is not None:
+            raise ValueError("give a SCAN or --phantom-seeds, not both")
+        with progress_bars(args.progress):
+            data = _segment_one(model, args)
     else:
-        scans = phantom_scans(
-            parse_seeds(args.phantom_seeds), args.phantom_size, not args.no_lung_mask
-        )
-        result = evaluate_scans(
-            model, scans, args.target_spacing, args.threshold, args.cascade,
-            sw_batch_size=args.sw_batch_size, progress=args.progress, **settings,
-        )  # fmt: skip
+        seeds = parse_seeds(args.phantom_seeds or default_seeds())
+        scans = phantom_scans(seeds, args.phantom_size, not args.no_lung_mask)
+        with progress_bars(args.progress):
+            result = evaluate_scans(
+                model, scans, args.target_spacing, args.threshold, args.cascade,
+                sw_batch_size=args.sw_batch_size, **settings,
+            )  # fmt: skip
         print(format_table(result))
         data = result.to_dict()
     data["checkpoint"] = str(args.ckpt)
     if args.out is not None:
-        write_json_atomic(args.out / "evaluation.json", data)
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.out / "evaluation.json", json.dumps(data, indent=2))
         print(f"wrote {args.out / 'evaluation.json'}")
     return 0

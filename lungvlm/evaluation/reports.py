@@ -2,11 +2,11 @@
 
 Pure functions over plain JSON-ready dicts, so a resumed run re-scores stored cases without
 re-running the model; the loop that produces the rows is CLI wiring
-(:mod:`lungvlm.inference.report_eval_cli`, the only part that imports ``data_modules``).
+(:mod:`lungvlm.commands.evaluate_reports`, the only part that imports ``data_modules``).
 
 Conventions (project choices, documented here):
 
-- **Detection** follows LUNA16 (``reference/luna16.md``) as in :mod:`lungvlm.inference.evaluate`:
+- **Detection** follows LUNA16 (``reference/luna16.md``) as in :mod:`lungvlm.evaluation.detection`:
   a reported nodule hits a reference nodule when its centre (LPS mm) lies strictly within half
   the reference mean diameter. A reference nodule is detected when any reported nodule hits it;
   a reported nodule that hits nothing is a false positive; one that only hits nodules already

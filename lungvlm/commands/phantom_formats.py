@@ -1,6 +1,6 @@
 """``lungvlm phantom --format {dicom,lidc,luna16}``: phantom cases in the real on-disk formats.
 
-The phantom CLI (:mod:`data_modules.phantom.cli`) calls :func:`add_format_arguments` on its
+The phantom CLI (:mod:`lungvlm.commands.phantom`) calls :func:`add_format_arguments` on its
 parser and hands the parsed arguments to :func:`write_phantom_set` when ``--format`` is not
 ``nifti`` (its own writer). Layouts:
 
@@ -16,15 +16,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-from data_modules.phantom.generator import PhantomConfig, generate_case, generate_follow_up
-from data_modules.phantom.writers import (
-    default_patient_id,
-    phantom_uid,
-    write_dicom_series,
-    write_lidc_tree,
-    write_luna16_tree,
-)
 
 PHANTOM_FORMATS = ("nifti", "dicom", "lidc", "luna16")
 
@@ -42,6 +33,14 @@ def add_format_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _write(case, fmt: str, out: Path, index: int, subsets: int) -> Path:
+    from data_modules.phantom.writers import (
+        default_patient_id,
+        phantom_uid,
+        write_dicom_series,
+        write_lidc_tree,
+        write_luna16_tree,
+    )
+
     if fmt == "lidc":
         return write_lidc_tree(case, out)
     if fmt == "luna16":
@@ -64,6 +63,8 @@ def write_phantom_set(args: argparse.Namespace) -> int:
     Raises:
         ValueError: ``--format nifti`` (written by the phantom CLI itself) or bad counts.
     """
+    from data_modules.phantom.generator import PhantomConfig, generate_case, generate_follow_up
+
     if args.format not in PHANTOM_FORMATS[1:]:
         raise ValueError(f"--format={args.format!r} must be one of {PHANTOM_FORMATS[1:]} here")
     if args.n < 1 or not 1 <= args.luna16_subsets <= 10:

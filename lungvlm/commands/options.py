@@ -1,0 +1,77 @@
+"""Options shared by the commands, spelled once: ``--ckpt``, ``--device``, ``--no-progress``,
+``--phantom-size``, ``--phantom-seeds``, ``--series-uid``.
+
+Importing this module costs nothing (argparse only): ``lungvlm COMMAND --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+#: Sizes of generated phantom chests (``tiny`` for tests and quick looks).
+PHANTOM_SIZES: tuple[str, ...] = ("default", "tiny")
+
+
+def add_ckpt(parser: argparse.ArgumentParser, what: str = "stage-3 checkpoint") -> None:
+    """``--ckpt PATH`` (required): a checkpoint written by ``lungvlm fit``."""
+    parser.add_argument(
+        "--ckpt", type=Path, required=True, help=f"{what} written by `lungvlm fit` (.ckpt)"
+    )
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device`` (default ``auto``: the first CUDA GPU when there is one, else the CPU)."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (a CUDA GPU when present, else the CPU), cpu, cuda or cuda:N",
+    )
+
+
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``: progress bars are on by default, on stderr."""
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="do not draw progress bars (they go to stderr)",
+    )
+
+
+def add_series_uid(parser: argparse.ArgumentParser) -> None:
+    """``--series-uid``: which series of a DICOM folder holding several."""
+    parser.add_argument(
+        "--series-uid",
+        default=None,
+        help="SeriesInstanceUID to read when a DICOM folder holds several series",
+    )
+
+
+def add_phantom_size(parser: argparse.ArgumentParser) -> None:
+    """``--phantom-size {default,tiny}``."""
+    parser.add_argument(
+        "--phantom-size",
+        choices=PHANTOM_SIZES,
+        default="default",
+        help="size of the generated phantom chests (tiny: tests and quick looks)",
+    )
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA GPU is present, else ``cpu``; other values unchanged.
+
+    Raises:
+        ValueError: a CUDA device is asked for and none is available, or the name is unknown.
+    """
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA GPU is available here; use cpu")
+        return device
+    raise ValueError(f"--device {device!r} is not auto, cpu, cuda or cuda:N")

@@ -1,0 +1,201 @@
+"""``lungvlm predict INPUT --ckpt CKPT --out DIR``: reports for many scans, with a summary CSV.
+
+INPUT is a folder or a CSV file:
+
+- a **folder**: every NIfTI (``.nii``/``.nii.gz``) and MetaImage (``.mhd``) file in it, and every
+  sub-folder holding DICOM files (searched recursively; a folder with several series is one
+  failure naming them, unless ``--series-uid`` picks one), sorted by path;
+- a **CSV** with a header and a ``path`` column (relative paths are relative to the CSV), and
+  optionally ``case_id``.
+
+Each scan goes through Lightning's predict loop (:mod:`lungvlm.lightning.predict`) on
+``--device`` (bf16-mixed on a GPU unless ``--precision`` says otherwise) and gets
+``DIR/<case_id>/`` (the folder of ``lungvlm report``). ``DIR/summary.csv`` has one row per scan
+(status ok / skipped / failed, nodule count, exam Lung-RADS, review flag, seconds, error) and
+``DIR/failures.json`` lists the failures; a failure never stops the run. Rerunning skips the
+cases whose ``report.json`` exists (``--overwrite`` redoes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+from lungvlm.commands.options import add_ckpt, add_device, add_progress, add_series_uid
+
+#: Precision choices of ``--precision`` (Lightning's names); auto: bf16-mixed on a GPU.
+PRECISIONS: tuple[str, ...] = ("auto", "32-true", "bf16-mixed", "16-mixed")
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``predict`` subcommand."""
+    parser = subparsers.add_parser(
+        "predict",
+        help="reports for many CTs (a folder or a CSV) with a summary CSV; resumes",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", type=Path, help="folder of scans, or a CSV with a 'path' column")
+    add_ckpt(parser)
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output folder (one folder per case)"
+    )
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="numeric precision (auto: bf16-mixed on a GPU, 32-true on the CPU)")  # fmt: skip
+    parser.add_argument("--num-workers", type=int, default=1,
+                        help="processes reading scans ahead of the model (0: read in the main process)")  # fmt: skip
+    parser.add_argument(
+        "--cascade", action="store_true", help="adaptive-resolution cascade (as `report --cascade`)"
+    )
+    parser.add_argument("--keep-unconfirmed", action="store_true",
+                        help="report every segmentation component (as `report --keep-unconfirmed`)")  # fmt: skip
+    add_series_uid(parser)
+    parser.add_argument("--overwrite", action="store_true", help="redo cases that have a report")
+    add_device(parser)
+    add_progress(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _case_ids(paths: list[Path], given: list[str | None]) -> list[str]:
+    """Case ids: the given ones, else the scan names, made unique with a numeric suffix."""
+    from lungvlm.commands.scan_io import scan_name
+
+    ids, seen = [], {}
+    for path, case_id in zip(paths, given, strict=True):
+        name = case_id or scan_name(path)
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"case_id {name!r} of {path} is not a folder name")
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        ids.append(name if count == 0 else f"{name}_{count + 1}")
+    return ids
+
+
+def list_scans(source: Path) -> list[tuple[str, Path]]:
+    """(case_id, path) of every scan named by a folder or a CSV (module docstring).
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: a CSV without a ``path`` column, or a folder without any scan.
+    """
+    from lungvlm.commands.scan_io import METAIMAGE_SUFFIXES, NIFTI_SUFFIXES
+
+    if not source.exists():
+        raise FileNotFoundError(f"predict input {source} does not exist")
+    if source.is_file():
+        with source.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or "path" not in reader.fieldnames:
+                raise ValueError(
+                    f"CSV {source} needs a header with a 'path' column; found "
+                    f"{reader.fieldnames or 'no header'}"
+                )
+            rows = list(reader)
+        paths = [(source.parent / r["path"]).resolve() if not Path(r["path"]).is_absolute()
+                 else Path(r["path"]) for r in rows]  # fmt: skip
+        return list(
+            zip(_case_ids(paths, [r.get("case_id") or None for r in rows]), paths, strict=True)
+        )
+    suffixes = NIFTI_SUFFIXES + METAIMAGE_SUFFIXES
+    files = sorted(
+        p for p in source.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes)
+    )
+    dicom_dirs = sorted(
+        {p.parent for p in source.rglob("*") if p.is_file() and _looks_like_dicom(p)}
+    )
+    paths = sorted([*files, *dicom_dirs])
+    if not paths:
+        raise ValueError(
+            f"predict input {source} holds no scan: looked for DICOM files (any depth) and "
+            f"{', '.join(suffixes)} files"
+        )
+    return list(zip(_case_ids(paths, [None] * len(paths)), paths, strict=True))
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """A DICOM Part 10 file (``DICM`` at byte 128) or a ``.dcm`` file."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+class ScanListDataset:
+    """A map-style dataset of :class:`~lungvlm.lightning.predict.ScanItem` (read on access).
+
+    Reading errors become items with ``error`` set, so one bad scan never stops the run.
+    """
+
+    def __init__(self, scans: list[tuple[str, Path]], series_uid: str | None = None) -> None:
+        self.scans = scans
+        self.series_uid = series_uid
+
+    def __len__(self) -> int:
+        return len(self.scans)
+
+    def __getitem__(self, index: int):
+        import time
+
+        from data_modules.io import DataError
+        from lungvlm.commands.scan_io import read_volume
+        from lungvlm.lightning.predict import ScanItem
+
+        case_id, path = self.scans[index]
+        start = time.perf_counter()
+        try:
+            read = read_volume(path, series_uid=self.series_uid)
+        except (DataError, ValueError, OSError) as err:
+            return ScanItem(
+                case_id, path, error=f"{type(err).__name__}: {' '.join(str(err).split())}"
+            )
+        return ScanItem(
+            case_id, path, read.volume, read.format, read.source_datasets,
+            read_seconds=time.perf_counter() - start,
+        )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``predict`` subcommand; returns 0 when every scan was reported or skipped, else 1."""
+    from torch.utils.data import DataLoader
+
+    from lungvlm.api import LungVLM
+    from lungvlm.commands.progress import progress_bars
+    from lungvlm.lightning.predict import (
+        FAILURES_FILE,
+        SUMMARY_FILE,
+        ReportPredictor,
+        ReportSummaryWriter,
+        collate_one,
+        predict_trainer,
+    )
+
+    if args.num_workers < 0:
+        raise ValueError(f"--num-workers must be >= 0; got {args.num_workers}")
+    scans = list_scans(args.input)
+    model = LungVLM.from_checkpoint(args.ckpt, device=args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    loader = DataLoader(
+        ScanListDataset(scans, args.series_uid), batch_size=1, shuffle=False,
+        num_workers=args.num_workers, collate_fn=collate_one,
+    )  # fmt: skip
+    writer = ReportSummaryWriter(args.out, len(scans))
+    predictor = ReportPredictor(
+        model.report_model, args.out, args.cascade, args.keep_unconfirmed, args.overwrite
+    )
+    precision = None if args.precision == "auto" else args.precision
+    trainer = predict_trainer(model.device, precision, [writer])
+    with progress_bars(args.progress):
+        trainer.predict(predictor, dataloaders=loader, return_predictions=False)
+    counts = {s: sum(r["status"] == s for r in writer.rows) for s in ("ok", "skipped", "failed")}
+    print(
+        f"{len(scans)} scan(s): {counts['ok']} reported, {counts['skipped']} skipped (done "
+        f"before), {counts['failed']} failed -> {args.out / SUMMARY_FILE}"
+        + (f", failures in {args.out / FAILURES_FILE}" if counts["failed"] else "")
+    )
+    return 1 if counts["failed"] else 0

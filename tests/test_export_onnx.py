@@ -104,6 +104,7 @@ def write_fit_checkpoint(path: Path, use_context: bool) -> Path:
         "state_dict": module.state_dict(),
         "pytorch-lightning_version": lightning.__version__,
         "hyper_parameters": {**config, "_instantiator": "lightning.pytorch.cli.instantiate_module"},
+        "datamodule_hyper_parameters": {"crop_size_vox": 32},
     }
     module.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, path)
@@ -115,9 +116,12 @@ def test_export_onnx_command_on_a_fit_checkpoint(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="lungvlm")
     command.register(parser.add_subparsers(dest="command"))
     out = tmp_path / "out" / "seg.onnx"
-    # 32³: the training crop of experiments/base.yaml; TINY_ENCODER's coarsest map is 2³ there.
+    # The input side follows the checkpoint's training crop (32³; TINY_ENCODER's coarsest map
+    # is 2³ there).
     args = parser.parse_args(["export-onnx", "--ckpt", str(ckpt), "--out", str(out)])
-    assert (args.roi_size, args.device) == (32, "cpu")
+    assert (args.roi_size, args.device) == (None, "cpu")
+    assert args.func(args) == 0
+    assert "input (32, 32, 32) voxels" in capsys.readouterr().out
     assert args.func(args) == 0
 
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

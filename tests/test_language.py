@@ -157,7 +157,7 @@ def trained(tokenizer):
 
 def test_coherence_is_learned_on_held_out_texts(trained):
     result, _, (accuracy, examples) = trained
-    # MEASURED_COHERENCE
+    # Measured over seeds 0..3: 0.85-0.925 after 60 steps (chance is 0.5); last-10 BCE 0.18-0.22.
     assert accuracy >= 0.75 and examples == 2 * 20  # 20 of the 30 fit and can be reordered
     assert len(result.coherence_losses) == 60
     assert result.coherence_losses[0] == pytest.approx(math.log(2), abs=0.1)
@@ -167,7 +167,7 @@ def test_coherence_is_learned_on_held_out_texts(trained):
 def test_language_model_loss_falls(trained):
     result, heldout, _ = trained
     assert result.lm_losses[0] == pytest.approx(math.log(VOCAB), abs=0.3)  # uniform at init
-    assert result.final_lm_loss < result.lm_losses[0] - 1.5  # MEASURED_LM
+    assert result.final_lm_loss < result.lm_losses[0] - 1.5  # measured 5.70 -> 3.54-3.60
     assert float(heldout["language_lm"]) < math.log(VOCAB) - 1.5
 
 
@@ -278,9 +278,9 @@ def test_language_stage_lm_loss_falls(language_run):
     val = logged(language_run, "val/language/lm_loss")
     assert len(train) == 30 and len(val) == 2  # validations at steps 15 and 30
     assert train[0] == pytest.approx(math.log(VOCAB), abs=0.3)  # uniform at init
-    # MEASURED_STAGE
+    # Measured (seed_everything 1234, 1 and 2): validation 4.55-4.61 at step 15, 4.00-4.03 at 30.
     assert val[1] < val[0] < train[0] - 0.5
-    assert val[1] < math.log(VOCAB) - 1.0
+    assert val[1] < math.log(VOCAB) - 1.5
     accuracy = logged(language_run, "val/language/coherence_accuracy")
     assert len(accuracy) == 2 and all(0.0 <= a <= 1.0 for a in accuracy)
     assert len(logged(language_run, "train/language/coherence_loss_step")) == 30

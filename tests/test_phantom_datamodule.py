@@ -87,8 +87,8 @@ def test_label_fraction_masks_training_labels():
 def test_cache_round_trip(tmp_path):
     dm = _dm(cache_dir=str(tmp_path), augment=False)
     first = dm.datasets["val"][0]
-    files = list(tmp_path.glob("phantom-*.pt"))
-    assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
+    files = list(tmp_path.glob("phantom-*.npz"))
+    assert len(files) == 1 and not list(tmp_path.glob("*.tmp*"))
     again = _dm(cache_dir=str(tmp_path), augment=False).datasets["val"][0]
     assert torch.equal(first.image, again.image) and first.report_text == again.report_text
 

@@ -179,7 +179,7 @@ def test_writers_cli_writes_each_format(tmp_path: Path):
     add_format_arguments(parser)
     args = parser.parse_args(["--format", "lidc"])
     args.out, args.n, args.seed, args.shape = tmp_path / "lidc", 1, 5, (24, 32, 32)
-    args.shape_source, args.follow_up = "procedural", 6.0
+    args.shape_source, args.follow_up, args.progress = "procedural", 6.0, False
     assert write_phantom_set(args) == 0
     pairs = find_lidc_series(tmp_path / "lidc")
     assert len(pairs) == 2  # baseline and follow-up: two series of one patient
@@ -188,3 +188,11 @@ def test_writers_cli_writes_each_format(tmp_path: Path):
     args.format = "nifti"
     with pytest.raises(ValueError, match="must be one of"):
         write_phantom_set(args)
+
+
+def test_phantom_command_choices_match_the_generator():
+    """The command spells its choices (fast --help); they must equal the generator's."""
+    from data_modules.phantom.generator import SHAPE_SOURCES
+    from lungvlm.commands import phantom as command
+
+    assert command.SHAPE_SOURCE_CHOICES == SHAPE_SOURCES

@@ -18,9 +18,6 @@ from pathlib import Path
 
 from lungvlm.commands.options import add_ckpt, resolve_device
 
-DEFAULT_ROI_SIZE_VOX = 32
-"""The training crop side of experiments/base.yaml (``data.init_args.crop_size_vox``)."""
-
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``export-onnx`` subcommand to a ``lungvlm`` sub-parser set."""
@@ -39,10 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--roi-size",
         type=int,
-        default=DEFAULT_ROI_SIZE_VOX,
-        help="input side in voxels: the sliding-window size, i.e. the checkpoint's training "
-        f"crop_size_vox (default {DEFAULT_ROI_SIZE_VOX}, as experiments/base.yaml; "
-        "stage3_long.yaml trains at 48)",
+        default=None,
+        help="input side in voxels (default: the checkpoint's training crop_size_vox, which "
+        "is also the sliding-window size of `lungvlm report`)",
     )
     parser.add_argument(
         "--device",
@@ -61,19 +57,22 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         ValueError: bad ``--roi-size``/``--out``, or an unusable checkpoint (from ``load_model``).
     """
-    if args.roi_size < 1:
+    if args.roi_size is not None and args.roi_size < 1:
         raise ValueError(f"--roi-size must be a positive number of voxels; got {args.roi_size}")
     if args.out.suffix != ".onnx":
         raise ValueError(f"--out {args.out} must end with .onnx")
 
     from lungvlm.export.onnx import DEFAULT_OPSET, export_segmentation_onnx, onnx_parity
-    from lungvlm.lightning.checkpoint import load_model
+    from lungvlm.inference.report_analysis import settings_from_checkpoint
+    from lungvlm.lightning.checkpoint import load_model, read_checkpoint
 
     device = resolve_device(args.device)
-    model = load_model(args.ckpt, map_location=device)
+    checkpoint = read_checkpoint(args.ckpt)
+    model = load_model(args.ckpt, map_location=device, checkpoint=checkpoint)
     if getattr(model, "seg_head", None) is None:
         raise ValueError(f"checkpoint {args.ckpt} has no segmentation head")
-    roi = (args.roi_size,) * 3
+    side = args.roi_size or settings_from_checkpoint(checkpoint).crop_size_vox
+    roi = (side,) * 3
     opset = DEFAULT_OPSET if args.opset is None else args.opset
     path = export_segmentation_onnx(
         model.encoder, model.seg_head, args.out, roi_size_vox=roi, opset=opset

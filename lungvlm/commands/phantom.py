@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lungvlm.commands.options import add_progress
 from lungvlm.commands.phantom_formats import add_format_arguments, write_phantom_set
 
 if TYPE_CHECKING:
@@ -61,10 +62,13 @@ def write_case(case: PhantomCase, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
+#: ``--shape-source`` choices, spelled here so that ``--help`` imports nothing (a test checks
+#: they equal ``data_modules.phantom.generator.SHAPE_SOURCES``).
+SHAPE_SOURCE_CHOICES: tuple[str, ...] = ("procedural", "lidc")
+
+
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``phantom`` subcommand to a ``lungvlm`` sub-parser set."""
-    from data_modules.phantom.generator import SHAPE_SOURCES
-
     parser = subparsers.add_parser(
         "phantom", help="write synthetic chest CTs with nodules, labels and reports"
     )
@@ -81,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="also write a follow-up scan MONTHS later",
     )
     parser.add_argument(
-        "--shape-source", choices=SHAPE_SOURCES, default="procedural", help="nodule shapes"
+        "--shape-source", choices=SHAPE_SOURCE_CHOICES, default="procedural", help="nodule shapes"
     )
     parser.add_argument(
         "--shape",
@@ -98,6 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="PNG",
         help="write a preview montage of the first case",
     )
+    add_progress(parser)
     add_format_arguments(parser)
     parser.set_defaults(func=run)
     return parser
@@ -109,8 +114,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.format != "nifti":
         return write_phantom_set(args)
-    from rich.progress import Progress
-
     if args.n < 1:
         raise ValueError(f"--n={args.n} must be >= 1")
     if args.follow_up is not None and args.follow_up <= 0:
@@ -119,8 +122,11 @@ def run(args: argparse.Namespace) -> int:
     if args.shape is not None:
         kwargs["shape_zyx"] = tuple(args.shape)
     config = PhantomConfig(**kwargs)
-    with Progress() as progress:
-        task = progress.add_task("phantom cases", total=args.n)
+    from lungvlm import progress
+    from lungvlm.commands.progress import progress_bars
+
+    with progress_bars(args.progress):
+        progress.update("phantom cases", 0, args.n)
         for i in range(args.n):
             seed = args.seed + i
             case = generate_case(seed, config)
@@ -132,5 +138,5 @@ def run(args: argparse.Namespace) -> int:
                 from data_modules.phantom.preview import write_preview
 
                 write_preview(case, args.preview)
-            progress.advance(task)
+            progress.update("phantom cases", i + 1, args.n)
     return 0

@@ -70,20 +70,21 @@ def write_phantom_set(args: argparse.Namespace) -> int:
     if args.n < 1 or not 1 <= args.luna16_subsets <= 10:
         raise ValueError(f"need --n >= 1 and 1 <= --luna16-subsets <= 10, got {args.n}, "
                          f"{args.luna16_subsets}")  # fmt: skip
-    from rich.progress import Progress
-
     kwargs = {"shape_source": args.shape_source}
     if args.shape is not None:
         kwargs["shape_zyx"] = tuple(args.shape)
     config = PhantomConfig(**kwargs)
     out = Path(args.out)
-    with Progress() as progress:
-        task = progress.add_task(f"phantom cases ({args.format})", total=args.n)
+    from lungvlm import progress
+    from lungvlm.commands.progress import progress_bars
+
+    with progress_bars(args.progress):
+        progress.update(f"phantom cases ({args.format})", 0, args.n)
         for i in range(args.n):
             case = generate_case(args.seed + i, config)
             _write(case, args.format, out, i, args.luna16_subsets)
             if args.follow_up is not None:
                 follow_up = generate_follow_up(case, args.follow_up, seed=args.seed + i + 7919)
                 _write(follow_up, args.format, out, i, args.luna16_subsets)
-            progress.advance(task)
+            progress.update(f"phantom cases ({args.format})", i + 1, args.n)
     return 0

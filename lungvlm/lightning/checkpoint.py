@@ -75,6 +75,11 @@ class InitReport:
         )
 
 
+def _plain_key(key: Any) -> Any:
+    """A mapping key as plain data: numbers, strings, booleans and None are kept."""
+    return key if key is None or isinstance(key, bool | int | float | str) else str(key)
+
+
 def plain_data(value: Any) -> Any:
     """``value`` as plain data that ``torch.load(weights_only=True)`` reads back.
 
@@ -92,7 +97,7 @@ def plain_data(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain_data(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, Mapping) or hasattr(value, "items") and callable(value.items):
-        return {str(k): plain_data(v) for k, v in value.items()}
+        return {_plain_key(k): plain_data(v) for k, v in value.items()}
     if isinstance(value, tuple):
         return tuple(plain_data(v) for v in value)
     if isinstance(value, list | set | frozenset):
@@ -357,4 +362,3 @@ def write_calibrated_checkpoint(ckpt_path: str | Path, calibration: Any) -> Path
 def read_calibration(checkpoint: dict) -> dict | None:
     """The stored calibration of a checkpoint dict, or None."""
     return (checkpoint.get(CHECKPOINT_KEY) or {}).get(CALIBRATION_KEY)
-

@@ -235,7 +235,9 @@ def language_losses(
         return losses
     n_pos = len(reorderable) // 2
     negatives = [perturb_sentence_order(t, rng) for t in reorderable[n_pos:]]
-    both_ids, both_att = encode_reports(tokenizer, reorderable[:n_pos] + negatives, decoder.max_length)
+    both_ids, both_att = encode_reports(
+        tokenizer, reorderable[:n_pos] + negatives, decoder.max_length
+    )
     target = torch.cat([torch.ones(n_pos), torch.zeros(len(negatives))]).to(device)
     logits = head(decoder.report_embedding(both_ids.to(device), both_att.to(device))).float()
     losses["coherence"] = F.binary_cross_entropy_with_logits(logits, target)

@@ -36,7 +36,9 @@ from lungvlm.types import NoduleSample, ReportSpan
 
 SPLIT_OFFSETS: dict[str, int] = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 SEED_STRIDE: int = 3_000_000
-CACHE_VERSION: int = 3  # 3: .npz + JSON instead of a torch pickle; 2: no slice number in crop reports
+CACHE_VERSION: int = (
+    3  # 3: .npz + JSON instead of a torch pickle; 2: no slice number in crop reports
+)
 #: Arrays of a cached sample; everything else is stored as JSON beside them.
 _CACHE_ARRAYS: tuple[str, ...] = ("image", "context", "mask", "concepts")
 

@@ -49,7 +49,9 @@ def test_cache_and_inference_see_the_same_voxels():
     volume = CTVolume(hu, (2.5, 0.8, 0.8), (0.0, 0.0, 0.0))
     spec = CacheSpec(spacing_mm=1.0, margin_mm=1000.0, image_dtype="float32")
     arrays, _ = build_case(volume, None, [], spec)
-    prepared = prepare_scan(hu, volume.spacing_mm, 1.0, {"hu_min": spec.hu_min, "hu_max": spec.hu_max})
+    prepared = prepare_scan(
+        hu, volume.spacing_mm, 1.0, {"hu_min": spec.hu_min, "hu_max": spec.hu_max}
+    )
     expected = normalize_hu(resample_to_spacing(hu, volume.spacing_mm, 1.0, order=1))
     np.testing.assert_array_equal(prepared.image, expected)
     assert arrays["image"].shape == prepared.image.shape

@@ -64,11 +64,7 @@ def test_a_bad_scan_is_listed_and_the_others_are_reported(ckpt, scans, tmp_path)
     listing = tmp_path / "scans.csv"
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not a nifti file")
-    listing.write_text(
-        "path,case_id\n"
-        f"{scans / 'chest_0.nii.gz'},first\n"
-        "broken.nii.gz,bad\n"
-    )
+    listing.write_text(f"path,case_id\n{scans / 'chest_0.nii.gz'},first\nbroken.nii.gz,bad\n")
     out = tmp_path / "out"
     assert _predict(str(listing), "--ckpt", str(ckpt), "--out", str(out), "--keep-unconfirmed") == 1
     rows = {r["case_id"]: r for r in _summary(out)}

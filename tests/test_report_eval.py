@@ -234,7 +234,9 @@ def test_cli_on_one_tiny_phantom_then_resume(ckpt, tmp_path, capsys):
 )  # fmt: skip
 def test_bad_input_exits_2_naming_the_problem(ckpt, tmp_path, capsys, extra, message):
     extra = [e.format(tmp=tmp_path, ckpt=ckpt) for e in extra]
-    code = cli.main(["evaluate-reports", "--out", str(tmp_path / "out"), "--phantom-size", "tiny", *extra])
+    code = cli.main(
+        ["evaluate-reports", "--out", str(tmp_path / "out"), "--phantom-size", "tiny", *extra]
+    )
     assert code == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out" / "report_eval.json").exists()

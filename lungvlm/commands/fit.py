@@ -109,6 +109,9 @@ def run_lightning(argv: list[str]) -> None:
     import sys
     import warnings
 
+    from lungvlm.lightning.quiet import quiet_lightning_tips
+
+    quiet_lightning_tips()
     # LightningCLI warns when given args that also sit in sys.argv (the console script case).
     args = None if list(argv) == sys.argv[1:] else list(argv)
     with warnings.catch_warnings():

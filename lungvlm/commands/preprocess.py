@@ -73,9 +73,7 @@ def run(args: argparse.Namespace) -> int:
         image_dtype=args.dtype,
     )
     options = PreprocessOptions(args.malignancy_rule, args.luna16_mask)
-    result = preprocess(
-        args.format, args.src, args.dst, spec, options, args.workers, args.progress
-    )
+    result = preprocess(args.format, args.src, args.dst, spec, options, args.workers, args.progress)
     print(
         f"preprocess {args.format}: {len(result.written)} written, {len(result.skipped)} "
         f"already cached, {len(result.failed)} failed -> {args.dst}"

@@ -88,7 +88,9 @@ def _nodules_from_report(folder: Path, volume) -> tuple[list[dict], np.ndarray]:
     try:
         nodules = json.loads(path.read_text(encoding="utf-8"))["nodules"]
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"report folder {folder}: cannot read nodules from {path} ({err})") from err
+        raise ValueError(
+            f"report folder {folder}: cannot read nodules from {path} ({err})"
+        ) from err
     seg_path = folder / "segmentation.nii.gz"
     try:
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(seg_path))).astype(np.int32)
@@ -192,7 +194,9 @@ def answer_questions(
     )  # fmt: skip
 
 
-def write_answers(out: str | Path, result: NoduleAnswers, volume, extra: dict | None = None) -> Path:
+def write_answers(
+    out: str | Path, result: NoduleAnswers, volume, extra: dict | None = None
+) -> Path:
     """Write ``answer.json`` and one ``answer_nodule_KK_qN.png`` per answer (atomically).
 
     The PNGs show axial, coronal and sagittal planes through the nodule with its mask contour

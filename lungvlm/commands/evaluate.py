@@ -81,26 +81,19 @@ def parse_seeds(text: str) -> range:
 
 
 def phantom_scans(seeds: range, size: str, with_lung_mask: bool) -> Iterator[EvaluationScan]:
-    """Render whole phantom chests one at a time as evaluation rows."""
-    import numpy as np
+    """Render whole phantom chests one at a time as evaluation rows.
 
-    from data_modules.phantom import PhantomConfig, generate_case
+    The chests come from :func:`data_modules.phantom_datamodule.phantom_chest`, the same
+    rendering and label renumbering as whole-scan validation during training.
+    """
+    from data_modules.phantom_datamodule import phantom_chest
     from lungvlm.evaluation.detection import EvaluationScan
-    from lungvlm.imaging.lung_mask import lung_mask
 
-    config = PhantomConfig.tiny() if size == "tiny" else PhantomConfig()
     for seed in seeds:
-        case = generate_case(seed, PhantomConfig(**{**config.__dict__, "with_report": False}))
-        # Keep labels present after rendering and renumber them 1..N in order.
-        present = [n for n in range(1, len(case.nodules) + 1) if (case.nodule_labels == n).any()]
-        labels = np.zeros(case.nodule_labels.shape, np.int16)
-        for new, old in enumerate(present, start=1):
-            labels[case.nodule_labels == old] = new
-        diameters = [case.nodules[old - 1].mean_diameter_mm for old in present]
-        lung = lung_mask(case.image_hu, case.spacing_mm) if with_lung_mask else None
+        chest = phantom_chest(seed, size, with_lung_mask=with_lung_mask)
         yield EvaluationScan(
-            f"phantom-{seed}", case.image_hu, case.spacing_mm, case.origin_lps_mm, labels,
-            diameters, lung,
+            chest.case_id, chest.image_hu, chest.spacing_mm, chest.origin_lps_mm,
+            chest.nodule_labels, list(chest.nodule_diameters_mm), chest.lung_mask,
         )  # fmt: skip
 
 

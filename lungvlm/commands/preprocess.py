@@ -11,7 +11,6 @@ from pathlib import Path
 
 from lungvlm.commands.options import add_progress
 
-
 #: Choices spelled here so that ``--help`` imports nothing; ``tests/test_preprocess.py`` checks
 #: they equal the data modules' own (``FORMATS``, ``LUNA16_MASKS``, ``IMAGE_DTYPES``,
 #: ``MALIGNANCY_RULES``).

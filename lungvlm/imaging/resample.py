@@ -67,7 +67,7 @@ def resample_grid(
         # One replicated voxel past the far edges keeps the interpolation trilinear up to half a
         # voxel beyond the last centre (the edge value repeats along that axis only).
         array = np.pad(array.astype(np.float32, copy=False), [(0, 1)] * 3, mode="edge")
-    elif array.dtype == bool:
+    elif array.dtype == np.bool_:
         array = array.astype(np.uint8)
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))  # index space: spacing 1, origin 0
     out = sitk.Resample(
@@ -83,7 +83,7 @@ def resample_grid(
         True,  # useNearestNeighborExtrapolator: beyond the last voxel centre the edge repeats
     )
     result = sitk.GetArrayFromImage(out)
-    if order == 0 and source_dtype == bool:
+    if order == 0 and source_dtype == np.bool_:
         result = result.astype(bool)
     return result
 

@@ -10,7 +10,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lungvlm.commands.options import add_ckpt, add_device, add_progress, add_series_uid
+from lungvlm.commands.options import (
+    add_candidate_options,
+    add_ckpt,
+    add_device,
+    add_progress,
+    add_series_uid,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,13 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("--report", type=Path, help="folder of `lungvlm report` for this scan")
     parser.add_argument("--out", type=Path, help="write answer.json and heatmap PNGs here")
-    parser.add_argument(
-        "--cascade", action="store_true", help="adaptive-resolution cascade (as `report --cascade`)"
-    )
-    parser.add_argument(
-        "--keep-unconfirmed", action="store_true",
-        help="number every segmentation component (as `report --keep-unconfirmed`)",
-    )  # fmt: skip
+    add_candidate_options(parser)
     add_series_uid(parser)
     add_device(parser)
     add_progress(parser)

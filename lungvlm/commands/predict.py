@@ -22,7 +22,13 @@ import argparse
 import csv
 from pathlib import Path
 
-from lungvlm.commands.options import add_ckpt, add_device, add_progress, add_series_uid
+from lungvlm.commands.options import (
+    add_candidate_options,
+    add_ckpt,
+    add_device,
+    add_progress,
+    add_series_uid,
+)
 
 #: Precision choices of ``--precision`` (Lightning's names); auto: bf16-mixed on a GPU.
 PRECISIONS: tuple[str, ...] = ("auto", "32-true", "bf16-mixed", "16-mixed")
@@ -45,11 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="numeric precision (auto: bf16-mixed on a GPU, 32-true on the CPU)")  # fmt: skip
     parser.add_argument("--num-workers", type=int, default=1,
                         help="processes reading scans ahead of the model (0: read in the main process)")  # fmt: skip
-    parser.add_argument(
-        "--cascade", action="store_true", help="adaptive-resolution cascade (as `report --cascade`)"
-    )
-    parser.add_argument("--keep-unconfirmed", action="store_true",
-                        help="report every segmentation component (as `report --keep-unconfirmed`)")  # fmt: skip
+    add_candidate_options(parser)
     add_series_uid(parser)
     parser.add_argument("--overwrite", action="store_true", help="redo cases that have a report")
     add_device(parser)

@@ -10,7 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from lungvlm.commands.options import add_ckpt, add_device, add_progress, add_series_uid
+from lungvlm.commands.options import (
+    add_candidate_options,
+    add_ckpt,
+    add_device,
+    add_progress,
+    add_series_uid,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -33,13 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--prior", type=Path, default=None, help="prior scan of the same patient")
     parser.add_argument("--interval-days", type=float, default=None,
                         help="days between the prior and this scan (needed with --prior)")  # fmt: skip
-    parser.add_argument("--cascade", action="store_true",
-                        help="segment with the adaptive-resolution cascade (low-resolution triage, then "
-                        "the full pass near candidates) instead of the full sliding window; off "
-                        "by default: it saved 5.5 %% of the segmentation time on phantom chests")  # fmt: skip
-    parser.add_argument("--keep-unconfirmed", action="store_true",
-                        help="report every segmentation component, also those whose generated "
-                        "findings describe no nodule")  # fmt: skip
+    add_candidate_options(parser)
     parser.add_argument("--case-id", default=None, help="case name (default: the scan's name)")
     add_series_uid(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")

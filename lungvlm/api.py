@@ -174,7 +174,7 @@ class LungVLM:
             return generate_report(
                 self._rm, volume, lungs, out, source, case_id or _default_case_id(current),
                 current.source_datasets, prior_scan, cascade=cascade, overwrite=overwrite,
-                timings_s=timings, confirm=not keep_unconfirmed,
+                timings_s=timings, confirm=False if keep_unconfirmed else None,
             )  # fmt: skip
 
     def report(
@@ -251,7 +251,7 @@ class LungVLM:
         read = _read(scan, series_uid, with_headers=False)
         result = answer_questions(
             self._rm, read.volume, nodule, questions, report_dir=report_dir, cascade=cascade,
-            confirm=not keep_unconfirmed,
+            confirm=False if keep_unconfirmed else None,
             scan_label=str(read.path) if read.path is not None else "the scan",
         )  # fmt: skip
         if out is not None:

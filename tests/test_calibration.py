@@ -130,3 +130,64 @@ def test_calibrate_command_on_phantom_validation_crops(tmp_path, capsys):
     assert calibration["n_sentences"] >= 2
     assert set(calibration["risk_coverage"]) == {1.0, 0.9, 0.8}
     assert np.isfinite(calibration["malignancy_temperature"])
+
+
+def calibrated_with(path, calibration):
+    return torch.load(write_calibrated_checkpoint(path, calibration), weights_only=True)[
+        CHECKPOINT_KEY
+    ][CALIBRATION_KEY]
+
+
+DETECTION = {"candidate_threshold": 0.7, "max_fps_per_scan": 1.0, "val_sensitivity": 0.8,
+             "val_fps_per_scan": 0.75, "n_chests": 4}  # fmt: skip
+
+
+def test_detection_and_sentence_calibrations_merge_in_either_order(tmp_path):
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, CHECKPOINT_KEY: {}}, path)
+    sentences = calibrate(CONFIDENCES, CORRECT, *overconfident_set())
+    calibrated_with(path, sentences)
+    both = calibrated_with(path, {"detection": DETECTION})
+    assert both["detection"] == DETECTION and both["sentence_threshold"] == 0.5
+    again = calibrated_with(path, sentences)  # a second sentence calibration keeps detection
+    assert again["detection"] == DETECTION and again["sentence_threshold"] == 0.5
+    # Calibrating a calibrated file keeps what it holds.
+    nested = calibrated_with(
+        tmp_path / "model_calibrated.ckpt", {"detection": {**DETECTION, "n_chests": 8}}
+    )
+    assert nested["detection"]["n_chests"] == 8 and nested["sentence_threshold"] == 0.5
+
+
+def test_calibration_of_other_weights_is_not_merged(tmp_path):
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, CHECKPOINT_KEY: {}}, path)
+    calibrated_with(path, {"detection": DETECTION})
+    torch.save({"state_dict": {"w": torch.zeros(2)}, CHECKPOINT_KEY: {}}, path)  # retrained
+    stored = calibrated_with(path, calibrate(CONFIDENCES, CORRECT, *overconfident_set()))
+    assert "detection" not in stored and stored["sentence_threshold"] == 0.5
+
+
+def test_calibrate_detection_command_on_phantom_validation_chests(tmp_path, capsys):
+    from tests.test_candidate_score import write_candidate_checkpoint
+
+    ckpt = write_candidate_checkpoint(tmp_path / "last.ckpt")
+    args = ["calibrate", "--detection", "--ckpt", str(ckpt), "--n-chests", "2",
+            "--phantom-size", "tiny", "--max-fps-per-scan", "0.5"]  # fmt: skip
+    assert run_cli(args) == 0
+    printed = capsys.readouterr().out
+    assert "candidate_threshold = " in printed and "last_calibrated.ckpt" in printed
+    stored = torch.load(tmp_path / "last_calibrated.ckpt", weights_only=True)[CHECKPOINT_KEY]
+    detection = stored[CALIBRATION_KEY]["detection"]
+    assert set(detection) == {"candidate_threshold", "max_fps_per_scan", "val_sensitivity",
+                              "val_fps_per_scan", "n_chests"}  # fmt: skip
+    assert detection["n_chests"] == 2 and detection["max_fps_per_scan"] == 0.5
+    assert detection["val_fps_per_scan"] <= 0.5
+    rm = load_report_model(tmp_path / "last_calibrated.ckpt")
+    assert rm.settings.candidate_threshold == detection["candidate_threshold"]
+    assert not rm.settings.calibrated  # no sentence calibration in this file
+
+
+def test_calibrate_detection_needs_a_candidate_head(tmp_path, capsys):
+    ckpt = write_stage3_checkpoint(tmp_path / "last.ckpt")
+    assert run_cli(["calibrate", "--detection", "--ckpt", str(ckpt), "--n-chests", "1"]) == 2
+    assert "has no candidate head" in capsys.readouterr().err

@@ -207,3 +207,92 @@ def test_prepare_scan_rejects_bad_input():
         prepare_scan(np.zeros((4, 4)), (1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match=r"spacing_mm=\(1.0, 0.0, 1.0\) must be three positive"):
         prepare_scan(np.zeros((4, 4, 4)), (1.0, 0.0, 1.0))
+
+
+class CentreHead(nn.Module):
+    """Fake candidate head: logit = 10 * (0.85 - the crop's centre value), so dimmer spheres
+    rank higher; records the batch size of each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        crops = features[0]  # the fake encoder passes the crops through
+        self.calls.append(crops.shape[0])
+        half = crops.shape[-1] // 2
+        return 10.0 * (0.85 - crops[:, 0, half, half, half])
+
+
+class ScoredBrightnessModel(BrightnessModel):
+    """BrightnessModel with an identity encoder and :class:`CentreHead` as candidate head."""
+
+    def __init__(self, use_context: bool = False) -> None:
+        super().__init__(use_context)
+        self.encoder = PassThroughEncoder(use_context)
+        self.candidate_head = CentreHead()
+
+
+class PassThroughEncoder(nn.Module):
+    def __init__(self, use_context: bool) -> None:
+        super().__init__()
+        self.use_context = use_context
+        self.contexts: list[tuple[int, ...]] = []
+
+    def forward(self, image: torch.Tensor, context: torch.Tensor | None = None) -> list:
+        if context is not None:
+            self.contexts.append(tuple(context.shape))
+        return [image]
+
+
+def two_spheres() -> np.ndarray:
+    """A bright sphere (300 HU, normalised 0.93) and a dimmer one (-100 HU, 0.64)."""
+    bright = sphere_scan((32, 32, 64), (1.0, 1.0, 1.0), (16, 16, 14), 4.0, hu=300.0)
+    dim = sphere_scan((32, 32, 64), (1.0, 1.0, 1.0), (16, 16, 48), 4.0, hu=-100.0)
+    return np.maximum(bright, dim)
+
+
+@pytest.mark.parametrize(("sw_batch_size", "calls"), [(1, [1, 1]), (4, [2])])
+def test_candidate_head_scores_and_ranks_the_instances(sw_batch_size, calls):
+    prepared = prepare_scan(two_spheres(), (1.0, 1.0, 1.0))
+    plain = segment_scan(BrightnessModel(), prepared, 16, 0.25, sw_batch_size)
+    model = ScoredBrightnessModel()
+    seg = segment_scan(model, prepared, 16, 0.25, sw_batch_size)
+    # Without a head: ranked by peak probability, the bright sphere first, no candidate score.
+    assert [round(n.centroid_vox[2]) for n in plain.instances] == [14, 48]
+    assert plain.instances[0].candidate_probability is None
+    assert plain.instances[0].to_dict()["candidate_probability"] is None
+    # With the head: the dim sphere (x = 48) ranks first; probabilities are the head's on crops
+    # centred on each instance: sigmoid(10 * (0.85 - normalised HU)).
+    assert [round(n.centroid_vox[2]) for n in seg.instances] == [48, 14]
+    assert [n.label for n in seg.instances] == [1, 2]
+    expected = [1 / (1 + np.exp(-10 * (0.85 - (hu + 1000) / 1400))) for hu in (-100.0, 300.0)]
+    np.testing.assert_allclose(
+        [n.candidate_probability for n in seg.instances], expected, rtol=1e-5
+    )
+    assert seg.instances[0].score < seg.instances[1].score  # score alone would rank otherwise
+    assert (
+        seg.instances[0].to_dict()["candidate_probability"]
+        == seg.instances[0].candidate_probability
+    )
+    # The label map is renumbered with the ranking.
+    assert seg.labels[16, 16, 48] == 1 and seg.labels[16, 16, 14] == 2
+    assert (seg.labels == 1).sum() == seg.instances[0].num_voxels
+    assert model.candidate_head.calls == calls
+    assert "candidate_score" in seg.timings_s
+
+
+def test_candidate_crops_carry_the_context_crop_when_the_encoder_uses_it():
+    prepared = prepare_scan(two_spheres(), (1.0, 1.0, 1.0))
+    model = ScoredBrightnessModel(use_context=True)
+    seg = segment_scan(model, prepared, 16, 0.25, 4, context_scale=2.0)
+    assert len(seg.instances) == 2
+    # Sliding windows come through model(...), candidate crops through the encoder: one batch.
+    assert model.encoder.contexts == [(2, 1, 16, 16, 16)]
+
+
+def test_cascade_instances_get_the_candidate_score_too():
+    prepared = prepare_scan(two_spheres(), (1.0, 1.0, 1.0))
+    seg = segment_scan_cascade(ScoredBrightnessModel(), prepared, 16, 0.25, 4)
+    assert [round(n.centroid_vox[2]) for n in seg.instances] == [48, 14]
+    assert all(n.candidate_probability is not None for n in seg.instances)

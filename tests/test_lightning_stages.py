@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import lightning as L
 import pytest
 import torch
@@ -10,6 +12,7 @@ from torch.utils.data import DataLoader
 from lungvlm.lightning.checkpoint import CHECKPOINT_KEY, read_checkpoint
 from lungvlm.lightning.module import LungVLMModule
 from lungvlm.models.encoder import MultiScaleEncoder3D
+from lungvlm.models.heads.candidate import CandidateHead
 from lungvlm.models.heads.reconstruction import ReconstructionHead
 from lungvlm.models.heads.segmentation import SegmentationHead
 from lungvlm.types import collate_samples
@@ -133,3 +136,72 @@ def test_kill_and_resume_continues_at_same_step(tmp_path):
     # The optimizer state came back too: Adam's step counter equals the global step.
     state = trainer.optimizers[0].state_dict()["state"]
     assert int(next(iter(state.values()))["step"]) == 5
+
+
+CANDIDATE_HEAD = {
+    "class_path": "lungvlm.models.heads.candidate.CandidateHead",
+    "init_args": {"hidden_dim": 16},
+}
+
+
+def test_without_a_candidate_head_nothing_changes():
+    module = make_module("segment")
+    assert module.candidate_head is None and len(module.candidate_auroc) == 0
+    losses, outputs = module.shared_step(sphere_batch(2, 32))
+    assert set(losses) == {"segmentation", "total"} and "candidate_logits" not in outputs
+    assert module.tasks == ["segmentation"]
+    assert not any(k.startswith("candidate_head.") for k in module.state_dict())
+
+
+class MixedSphereData(SphereData):
+    """Sphere crops (candidate target 1) and empty crops (target 0) in both splits."""
+
+    def train_dataloader(self):
+        samples = [sphere_sample(0, 24, 4.0), sphere_sample(1, 24, 0.0)]
+        return DataLoader(samples, batch_size=2, collate_fn=collate_samples)
+
+    def val_dataloader(self):
+        samples = [sphere_sample(100, 24, 4.0), sphere_sample(101, 24, 0.0)]
+        return DataLoader(samples, batch_size=2, collate_fn=collate_samples)
+
+
+def test_candidate_head_trains_in_stage_2_and_logs_its_loss_and_auroc(tmp_path):
+    encoder = MultiScaleEncoder3D(**TINY_ENCODER)
+    module = make_module(
+        "segment", candidate_head=CandidateHead(encoder.feature_info, hidden_dim=16),
+        loss_weights={"candidate": 0.5},
+    )  # fmt: skip
+    losses, _ = module.shared_step(sphere_batch(2, 24))
+    assert set(losses) == {"segmentation", "candidate", "total"}
+    torch.testing.assert_close(losses["total"], losses["segmentation"] + 0.5 * losses["candidate"])
+    trainer = make_trainer(tmp_path, max_steps=1)
+    trainer.fit(module, datamodule=MixedSphereData())
+    logged = trainer.callback_metrics
+    assert {"train/candidate/loss", "val/candidate/loss", "val/candidate/auroc"} <= set(logged)
+    assert float(logged["val/candidate/auroc"]) in (0.0, 1.0)  # two crops: one of each class
+    meta = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")[CHECKPOINT_KEY]
+    assert meta["tasks"] == ["segmentation", "candidate"]
+
+
+def test_init_from_stage_2_carries_the_candidate_head_into_stage_3(tmp_path):
+    from lightning.pytorch.cli import instantiate_module
+
+    from tests.report_fixtures import MODEL_CONFIG
+
+    encoder = MultiScaleEncoder3D(**TINY_ENCODER)
+    stage2 = make_module(
+        "segment", candidate_head=CandidateHead(encoder.feature_info, hidden_dim=16)
+    )
+    path = tmp_path / "stage2.ckpt"
+    torch.save({"state_dict": stage2.state_dict()}, path)
+    config = {
+        **copy.deepcopy(MODEL_CONFIG),
+        "candidate_head": CANDIDATE_HEAD,
+        "init_from": str(path),
+    }
+    stage3 = instantiate_module(LungVLMModule, config)
+    head_keys = [k for k in stage2.state_dict() if k.startswith("candidate_head.")]
+    assert head_keys and set(head_keys) <= set(stage3.init_report.loaded)
+    for key in head_keys:
+        assert torch.equal(stage3.state_dict()[key], stage2.state_dict()[key]), key
+    assert "candidate" in stage3.tasks

@@ -385,3 +385,75 @@ def test_unconfirmed_candidates_are_dropped_from_the_analysis(ckpt, phantom):
     assert [i.label for i in confirmed.segmentation.instances] == described
     assert len(confirmed.heads) == len(described)
     assert confirmed.n_unconfirmed == n - len(described)
+
+
+def three_box_scan():
+    """A 10 mm grid (the tiny model's spacing) with three separate "lungs" of different texture:
+    with the constant segmentation logit each box is one candidate."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(3)
+    image = np.full((30, 40, 40), -1000.0, np.float32)
+    lungs = np.zeros(image.shape, bool)
+    for k, (hu, spread) in enumerate([(-850.0, 50.0), (-500.0, 300.0), (-100.0, 400.0)]):
+        box = (slice(10, 20), slice(4, 14), slice(2 + 13 * k, 10 + 13 * k))
+        image[box] = hu + spread * rng.standard_normal(image[box].shape)
+        lungs[box] = True
+    volume = SimpleNamespace(
+        array_hu=image, spacing_mm=(10.0, 10.0, 10.0), origin_lps_mm=(0.0, 0.0, 0.0),
+        direction=np.eye(3), metadata={},
+    )  # fmt: skip
+    return volume, lungs
+
+
+def test_detection_threshold_keeps_candidates_before_the_heads_run(tmp_path, monkeypatch):
+    """With a stored candidate threshold the report keeps the candidates at or above it, runs
+    the nodule heads on those only and no longer filters by the generated text."""
+    import lungvlm.inference.report_analysis as analysis_module
+    from lungvlm.inference.report_analysis import analyse_scan, load_report_model
+    from lungvlm.inference.report_pipeline import candidate_notes, generate_report
+    from lungvlm.lightning.checkpoint import write_calibrated_checkpoint
+    from tests.test_candidate_score import write_candidate_checkpoint
+
+    ckpt = write_candidate_checkpoint(tmp_path / "last.ckpt")
+    volume, lungs = three_box_scan()
+    calls = []
+    real_heads = analysis_module.run_nodule_heads
+
+    def counted_heads(model, image, centre, *args, **kwargs):
+        calls.append(tuple(centre))
+        return real_heads(model, image, centre, *args, **kwargs)
+
+    monkeypatch.setattr(analysis_module, "run_nodule_heads", counted_heads)
+    uncalibrated = load_report_model(ckpt)
+    assert uncalibrated.settings.candidate_threshold is None
+    everything = analyse_scan(uncalibrated, volume, lungs, confirm=False)
+    probabilities = [n.candidate_probability for n in everything.segmentation.instances]
+    assert len(probabilities) == 3 and len(set(probabilities)) == 3
+    assert probabilities == sorted(probabilities, reverse=True)  # ranked by the candidate score
+    assert len(calls) == 3 and everything.n_below_threshold == 0
+
+    threshold = probabilities[1]  # keeps the top two
+    detection = {"candidate_threshold": threshold, "max_fps_per_scan": 1.0, "val_sensitivity": 1.0,
+                 "val_fps_per_scan": 0.5, "n_chests": 2}  # fmt: skip
+    rm = load_report_model(write_calibrated_checkpoint(ckpt, {"detection": detection}))
+    assert rm.settings.candidate_threshold == threshold and not rm.settings.calibrated
+    calls.clear()
+    kept = analyse_scan(rm, volume, lungs)
+    centres = [n.centroid_vox for n in everything.segmentation.instances[:2]]
+    assert [n.centroid_vox for n in kept.segmentation.instances] == centres
+    assert calls == [tuple(c) for c in centres]  # the heads ran on the two kept candidates only
+    assert (kept.n_below_threshold, kept.n_unconfirmed, len(kept.heads)) == (1, 0, 2)
+    assert kept.candidate_threshold == threshold
+    # The text filter is an explicit opt-in on top of the threshold.
+    calls.clear()
+    confirmed = analyse_scan(rm, volume, lungs, confirm=True)
+    assert len(calls) == 2 and confirmed.n_below_threshold == 1
+    assert confirmed.n_unconfirmed + len(confirmed.segmentation.instances) == 2
+
+    source = Source("scan.nii.gz", "nifti")
+    narrative = generate_report(rm, volume, lungs, None, source, "case").report.narrative
+    assert "1 segmentation candidate(s) are not reported: their candidate probability is below the detection threshold" in narrative  # fmt: skip
+    assert candidate_notes(everything)[0].startswith(
+        "The checkpoint has no detection threshold (run `lungvlm calibrate --detection`)"
+    )

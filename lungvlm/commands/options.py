@@ -51,8 +51,9 @@ def add_candidate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-unconfirmed",
         action="store_true",
-        help="keep (and number) every segmentation component, also those whose generated "
-        "findings describe no nodule",
+        help="do not drop candidates whose generated findings describe no nodule (the text "
+        "check used when the checkpoint has no detection threshold; a threshold from "
+        "`lungvlm calibrate --detection` still applies)",
     )
 
 

@@ -57,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
     if args.prior is not None and args.interval_days is None:
         raise ValueError("--prior needs --interval-days (days between the prior and this scan)")
     model = LungVLM.from_checkpoint(args.ckpt, device=args.device)
+    if model.report_model.settings.candidate_threshold is None:
+        print(
+            f"note: {args.ckpt} has no detection threshold; candidates are kept when their "
+            "generated findings describe a nodule (run `lungvlm calibrate --detection`)",
+            file=sys.stderr,
+        )
     if not model.calibrated:
         print(
             f"note: {args.ckpt} is not calibrated; sentences below confidence "

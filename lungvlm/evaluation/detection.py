@@ -8,23 +8,30 @@ Conventions (project choices, documented here):
   predicted components touching it (:func:`lungvlm.metrics.segmentation.per_nodule_dice`), so a
   missed nodule scores 0 and a false positive elsewhere does not lower it.
 - Detection follows LUNA16 (``reference/luna16.md``, "Evaluation"): each detected instance is
-  a candidate at its world centre (LPS mm) with its score; it hits a reference nodule when the
-  distance to the reference centre is below half the reference diameter. Reference centres
+  a candidate at its world centre (LPS mm) with its ranking score
+  (:attr:`~lungvlm.inference.scan.DetectedNodule.ranking_score`: the candidate head's
+  ``candidate_probability`` when the model has one, else the segmentation's peak probability
+  ``score``); it hits a reference nodule when the distance to the reference centre is below
+  half the reference diameter (:func:`candidate_hits`). Reference centres
   are the centroids of the reference label map mapped to world mm. FROC and CPM come from
   :func:`lungvlm.metrics.froc.froc` (1/8 ... 8 FPs per scan); sensitivity and FPs/scan at the
   operating point count every instance above the threshold (duplicate hits on one nodule are
   neither true nor false positives, as in LUNA16).
+- Operating threshold (:func:`operating_threshold`): on validation chests, the lowest
+  candidate-probability threshold whose false positives per scan stay within a budget; the
+  report lists the candidates at or above it (``lungvlm calibrate --detection``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 from torch import nn
 
@@ -169,6 +176,24 @@ def reference_nodules(
     return [(*map(float, w), float(d)) for w, d in zip(world, diameters_mm, strict=True)]
 
 
+def candidate_hits(
+    candidates: Sequence[Sequence[float]], references: Sequence[Sequence[float]]
+) -> NDArray[np.bool_]:
+    """LUNA16 hit matrix: entry (i, j) is True when candidate i, ``(x, y, z, score)`` in world
+    mm, lies closer than half its diameter to reference j, ``(x, y, z, diameter_mm)``.
+
+    Returns:
+        bool (n_candidates, n_references).
+    """
+    hits = np.zeros((len(candidates), len(references)), dtype=bool)
+    if len(candidates) and len(references):
+        cand = np.asarray(candidates, dtype=np.float64)[:, None, :3]
+        ref = np.asarray(references, dtype=np.float64)
+        dist2 = ((cand - ref[None, :, :3]) ** 2).sum(-1)
+        hits = dist2 < (ref[None, :, 3] / 2.0) ** 2
+    return hits
+
+
 def evaluate_segmentation(
     scan_id: str,
     segmentation: ScanSegmentation,
@@ -181,13 +206,8 @@ def evaluate_segmentation(
     labels = np.asarray(gt_label_map).astype(np.int64)
     pred = segmentation.prepared.to_original_grid(segmentation.probability, order=1) >= threshold
     dice = per_nodule_dice(pred, labels) if refs else []
-    cands = [(*inst.centroid_world_mm, inst.score) for inst in segmentation.instances]
-    ref_arr = np.asarray([r[:3] for r in refs]).reshape(-1, 3)
-    radius = np.asarray([r[3] / 2.0 for r in refs])
-    hits = np.zeros((len(cands), len(refs)), dtype=bool)
-    if cands and refs:
-        dist2 = ((np.asarray(cands)[:, None, :3] - ref_arr[None]) ** 2).sum(-1)
-        hits = dist2 < radius[None] ** 2
+    cands = [(*inst.centroid_world_mm, inst.ranking_score) for inst in segmentation.instances]
+    hits = candidate_hits(cands, refs)
     return ScanEvaluation(
         scan_id=scan_id,
         dice=[float(d) for d in dice],
@@ -256,3 +276,96 @@ def evaluate_scans(
         **{k: v for k, v in segment_kwargs.items() if isinstance(v, (int, float, str, bool))},
     }
     return summarize(evaluations, threshold, settings)
+
+
+def operating_threshold(
+    scores_per_scan: Sequence[Sequence[float]],
+    hits_per_scan: Sequence[ArrayLike],
+    n_scans: int,
+    max_fps_per_scan: float,
+) -> tuple[float, float, float]:
+    """The lowest candidate threshold whose false positives per scan stay within a budget.
+
+    A candidate is kept when its probability is ``>= threshold``. The thresholds tried are the
+    distinct candidate probabilities (each keeps every candidate tied with it) and, last, the
+    float just above the highest one (keeps nothing). False positives are kept candidates that
+    hit no reference nodule; a reference is detected when a kept candidate hits it (several
+    hits on one nodule are one detection and no false positive, as in LUNA16).
+
+    Args:
+        scores_per_scan: per scan, the probability of each candidate.
+        hits_per_scan: per scan, a bool (n_candidates, n_references) hit matrix
+            (:func:`candidate_hits`); its columns count the scan's reference nodules.
+        n_scans: scans the candidates come from (the false-positive denominator), at least the
+            number of lists given (a scan without candidates or references may be left out).
+        max_fps_per_scan: the false-positive budget per scan (>= 0).
+
+    Returns:
+        ``(threshold, sensitivity, fps_per_scan)`` on those scans at the threshold; sensitivity
+        is NaN without reference nodules. Without any candidate the threshold is 0.0.
+
+    Raises:
+        ValueError: lists of different lengths, a hit matrix of the wrong shape, ``n_scans``
+            smaller than the number of lists, or a negative budget.
+    """
+    if len(scores_per_scan) != len(hits_per_scan):
+        raise ValueError(
+            f"scores_per_scan ({len(scores_per_scan)} scans) and hits_per_scan "
+            f"({len(hits_per_scan)}) must list the same scans"
+        )
+    if n_scans < max(1, len(scores_per_scan)):
+        raise ValueError(f"n_scans={n_scans} must be >= max(1, {len(scores_per_scan)} scans given)")
+    if not max_fps_per_scan >= 0:
+        raise ValueError(f"max_fps_per_scan={max_fps_per_scan!r} must be >= 0")
+    scores, is_fp, best_hit = [], [], []  # best_hit: per reference, its best hitting score
+    for i, (scan_scores, scan_hits) in enumerate(zip(scores_per_scan, hits_per_scan, strict=True)):
+        p = np.asarray(scan_scores, dtype=np.float64).reshape(-1)
+        h = np.asarray(scan_hits, dtype=bool)
+        if h.ndim != 2 or h.shape[0] != p.size:
+            raise ValueError(
+                f"hits_per_scan[{i}] has shape {h.shape}; expected ({p.size}, n_references)"
+            )
+        scores.append(p)
+        is_fp.append(~h.any(axis=1))
+        best_hit.append(np.where(h, p[:, None], -np.inf).max(axis=0, initial=-np.inf))
+    p, fp = np.concatenate([np.zeros(0), *scores]), np.concatenate([np.zeros(0, bool), *is_fp])
+    best = np.concatenate([np.zeros(0), *best_hit])
+    if p.size == 0:
+        return 0.0, math.nan if best.size == 0 else 0.0, 0.0
+    budget = max_fps_per_scan * n_scans + 1e-9  # allowed false positives, float-safe
+    candidates = [*np.unique(p), float(np.nextafter(p.max(), np.inf))]
+    threshold = next(t for t in candidates if np.count_nonzero(fp & (p >= t)) <= budget)
+    sensitivity = float(np.mean(best >= threshold)) if best.size else math.nan
+    fps = np.count_nonzero(fp & (p >= threshold)) / n_scans
+    return float(threshold), sensitivity, float(fps)
+
+
+def detection_calibration(result: EvaluationResult, max_fps_per_scan: float = 1.0) -> dict:
+    """The stored detection calibration of validation chests evaluated by :func:`evaluate_scans`.
+
+    Returns:
+        ``{"candidate_threshold", "max_fps_per_scan", "val_sensitivity", "val_fps_per_scan",
+        "n_chests"}`` (:func:`operating_threshold` over ``result``'s scans).
+
+    Raises:
+        ValueError: no scans, or instances without a ``candidate_probability`` (a model with
+            no candidate head).
+    """
+    if not result.scans:
+        raise ValueError("detection calibration needs at least one validation chest")
+    if any(n.get("candidate_probability") is None for s in result.scans for n in s.instances):
+        raise ValueError(
+            "the candidates have no candidate_probability: the model has no candidate head"
+        )
+    scores = [[c[3] for c in s.candidates] for s in result.scans]
+    hits = [candidate_hits(s.candidates, s.references) for s in result.scans]
+    threshold, sensitivity, fps = operating_threshold(
+        scores, hits, len(result.scans), max_fps_per_scan
+    )
+    return {
+        "candidate_threshold": threshold,
+        "max_fps_per_scan": float(max_fps_per_scan),
+        "val_sensitivity": sensitivity,
+        "val_fps_per_scan": fps,
+        "n_chests": len(result.scans),
+    }

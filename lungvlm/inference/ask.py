@@ -119,7 +119,7 @@ def answer_questions(
     questions: Sequence[str],
     report_dir: str | Path | None = None,
     cascade: bool = False,
-    confirm: bool = True,
+    confirm: bool | None = None,
     lungs: NDArray | None = None,
     scan_label: str = "the scan",
 ) -> NoduleAnswers:
@@ -132,7 +132,8 @@ def answer_questions(
         questions: one or more non-empty questions.
         report_dir: a ``lungvlm report`` folder of the same scan (skips the segmentation).
         cascade: segment with the adaptive-resolution cascade (as the report's ``cascade``).
-        confirm: number only the candidates whose findings describe a nodule (as the report).
+        confirm: as the report: None keeps the candidates above the checkpoint's detection
+            threshold (or, without one, those whose findings describe a nodule); False keeps all.
         lungs: the lung mask, when the caller has it (else computed).
         scan_label: how errors name the scan (e.g. its path).
 

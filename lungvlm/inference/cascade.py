@@ -8,6 +8,8 @@
    sensitivity), inside the lung mask when one is given, grown by ``triage_margin_mm``.
 3. Full pass: :func:`lungvlm.inference.scan.segment_scan` runs only on the full-resolution
    windows touching a candidate voxel; voxels no processed window covers get probability 0.
+   It also builds the instances, so with a candidate head they get their
+   ``candidate_probability`` and ranking exactly as without the cascade.
 
 The model was trained at the prepared spacing, so at ``triage_factor`` times coarser voxels a
 nodule looks ``triage_factor`` times smaller than in training; whether the triage keeps

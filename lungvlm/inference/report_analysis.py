@@ -27,11 +27,19 @@ Which source wins (project conventions):
   features = spiculated margin. The exam category is
   :func:`~lungvlm.clinical.lungrads.categorize_exam`. The risk head's Lung-RADS probabilities are
   reported beside it, not used for the category.
-- **Which candidates are nodules**: a segmentation component is reported only when the model's
-  own findings for the crop centred on it describe a nodule (the parser reads at least one);
-  components it describes as "no pulmonary nodules" are dropped (a second-stage false-positive
-  filter by the vision-language model; ``confirm=False`` keeps every component). The count of
-  dropped components is kept in ``ScanAnalysis.n_unconfirmed``.
+- **Which candidates are nodules**: every segmentation component is a candidate with a
+  ``candidate_probability`` from the candidate head (:mod:`lungvlm.inference.scan`). When the
+  checkpoint holds a detection threshold (``lungvlm calibrate --detection``: chosen on
+  validation chests for a stated false-positive rate), the report keeps the candidates at or
+  above it, **before** the nodule-level heads run (rejected candidates cost no generation);
+  their count is ``ScanAnalysis.n_below_threshold``. The generated text then describes the
+  kept nodules and does not decide what is a nodule (``confirm=True`` still applies the text
+  filter below, as an explicit opt-in). Without a threshold (an uncalibrated checkpoint), a
+  component is reported only when the model's own findings for the crop centred on it describe
+  a nodule (the parser reads at least one); components it describes as "no pulmonary
+  nodules" are dropped (the vision-language model as a second-stage filter; ``confirm=False``
+  keeps every component). The count of components dropped by the text is
+  ``ScanAnalysis.n_unconfirmed``.
 - **Order**: nodules are ranked by volume-weighted risk, malignancy probability x volume (mm³),
   highest first; report index 1 is the top-ranked nodule.
 
@@ -97,6 +105,8 @@ class ReportSettings:
         sentence_threshold: confidence below which a sentence is uncertain.
         malignancy_temperature: temperature of the malignancy logit.
         calibrated: whether the two values above come from ``lungvlm calibrate``.
+        candidate_threshold: candidate probability at or above which a candidate is reported
+            (``lungvlm calibrate --detection``); None when the checkpoint has none.
     """
 
     crop_size_vox: int = DEFAULT_CROP_SIZE_VOX
@@ -105,6 +115,7 @@ class ReportSettings:
     sentence_threshold: float = DEFAULT_SENTENCE_THRESHOLD
     malignancy_temperature: float = 1.0
     calibrated: bool = False
+    candidate_threshold: float | None = None
 
 
 @dataclass
@@ -128,11 +139,14 @@ def settings_from_checkpoint(checkpoint: dict) -> ReportSettings:
         context_scale=float(data.get("context_scale", 2.0)),
         spacing_mm=float(data.get("spacing_mm", 1.0)),
     )
-    calibration = read_calibration(checkpoint)
-    if calibration:
+    calibration = read_calibration(checkpoint) or {}
+    if "sentence_threshold" in calibration:
         settings.sentence_threshold = float(calibration["sentence_threshold"])
         settings.malignancy_temperature = float(calibration["malignancy_temperature"])
         settings.calibrated = True
+    detection = calibration.get("detection") or {}
+    if "candidate_threshold" in detection:
+        settings.candidate_threshold = float(detection["candidate_threshold"])
     return settings
 
 
@@ -177,6 +191,9 @@ class ScanAnalysis:
         timings_s: seconds per step.
         n_unconfirmed: segmentation components dropped because the model's findings for
             their crop describe no nodule (module docstring).
+        n_below_threshold: candidates dropped because their candidate probability is below
+            the checkpoint's detection threshold.
+        candidate_threshold: that threshold; None when the checkpoint has none.
     """
 
     prepared: PreparedScan
@@ -185,6 +202,8 @@ class ScanAnalysis:
     laa950_percent: float | None
     timings_s: dict[str, float] = field(default_factory=dict)
     n_unconfirmed: int = 0
+    n_below_threshold: int = 0
+    candidate_threshold: float | None = None
 
     @property
     def emphysema_grade(self) -> str | None:
@@ -222,8 +241,42 @@ def describes_nodule(head: NoduleHeadOutput) -> bool:
     return bool(parse_report(head.text).nodules)
 
 
+def threshold_candidates(
+    rm: ReportModel, segmentation: ScanSegmentation
+) -> tuple[ScanSegmentation, int]:
+    """Keep the instances whose ``candidate_probability`` reaches the checkpoint's detection
+    threshold; returns the segmentation with those instances and the number dropped.
+    Without a threshold every instance is kept.
+
+    Raises:
+        ValueError: a threshold but instances without a candidate probability (the model has
+            no candidate head).
+    """
+    threshold = rm.settings.candidate_threshold
+    if threshold is None:
+        return segmentation, 0
+    instances = segmentation.instances
+    if any(n.candidate_probability is None for n in instances):
+        raise ValueError(
+            f"checkpoint {rm.checkpoint_path} has a detection threshold but its model has no "
+            "candidate head"
+        )
+    kept = [n for n in instances if n.candidate_probability >= threshold]
+    return replace(segmentation, instances=kept), len(instances) - len(kept)
+
+
+def confirms_by_text(rm: ReportModel, confirm: bool | None) -> bool:
+    """Whether the generated findings decide which candidates are nodules: ``confirm`` when
+    given, else only when the checkpoint has no detection threshold (module docstring)."""
+    return rm.settings.candidate_threshold is None if confirm is None else bool(confirm)
+
+
 def analyse_scan(
-    rm: ReportModel, volume, lung_mask: NDArray, cascade: bool = False, confirm: bool = True
+    rm: ReportModel,
+    volume,
+    lung_mask: NDArray,
+    cascade: bool = False,
+    confirm: bool | None = None,
 ) -> ScanAnalysis:
     """Emphysema, segmentation and per-nodule heads of one scan (module docstring).
 
@@ -232,7 +285,8 @@ def analyse_scan(
         volume: CTVolume-like (``array_hu``, ``spacing_mm``, ``origin_lps_mm``, ``direction``).
         lung_mask: boolean lung mask on the scan's grid.
         cascade: use the adaptive-resolution cascade instead of the full sliding window.
-        confirm: keep only the components whose generated findings describe a nodule.
+        confirm: keep only the components whose generated findings describe a nodule; None
+            (default): only when the checkpoint has no detection threshold.
     """
     mask = np.asarray(lung_mask).astype(bool)
     if mask.shape != tuple(volume.array_hu.shape):
@@ -243,6 +297,13 @@ def analyse_scan(
     timings["emphysema"] = time.perf_counter() - start
     prepared, segmentation, seconds = segment_volume(rm, volume, mask, cascade)
     timings["segmentation"] = seconds
+    segmentation, n_below = threshold_candidates(rm, segmentation)
+    if rm.settings.candidate_threshold is None:
+        log.info("%s has no detection threshold: run `lungvlm calibrate --detection`",
+                 rm.checkpoint_path)  # fmt: skip
+    elif n_below:
+        log.info("%d of %d candidates below the detection threshold %.3f: dropped", n_below,
+                 n_below + len(segmentation.instances), rm.settings.candidate_threshold)  # fmt: skip
     heads = []
     timings["nodule_heads"] = timings["generation"] = 0.0
     n_candidates = len(segmentation.instances)
@@ -257,7 +318,7 @@ def analyse_scan(
         timings["nodule_heads"] += out.timings_s["heads"]
         timings["generation"] += out.timings_s["generation"]
     n_unconfirmed = 0
-    if confirm:
+    if confirms_by_text(rm, confirm):
         keep = [i for i, head in enumerate(heads) if describes_nodule(head)]
         n_unconfirmed = len(heads) - len(keep)
         instances = [segmentation.instances[i] for i in keep]
@@ -266,7 +327,10 @@ def analyse_scan(
         if n_unconfirmed:
             log.info("%d of %d segmentation candidates not confirmed by their findings: dropped",
                      n_unconfirmed, n_unconfirmed + len(keep))  # fmt: skip
-    return ScanAnalysis(prepared, segmentation, heads, laa, timings, n_unconfirmed)
+    return ScanAnalysis(
+        prepared, segmentation, heads, laa, timings, n_unconfirmed, n_below,
+        rm.settings.candidate_threshold,
+    )  # fmt: skip
 
 
 def rank_nodules(analysis: ScanAnalysis) -> list[int]:

@@ -38,9 +38,11 @@ from lungvlm.inference.report_analysis import (
     ReportModel,
     ScanAnalysis,
     analyse_scan,
+    confirms_by_text,
     rank_nodules,
     ranked_label_map,
     segment_volume,
+    threshold_candidates,
 )
 from lungvlm.inference.report_findings import assemble_report, resolved_markdown
 
@@ -75,20 +77,23 @@ def _lung_image(volume, lung_mask):
 
 def compare_prior(
     rm: ReportModel, current_volume, current_lungs: NDArray, current: Sequence[MeasuredNodule],
-    prior: PriorScan, cascade: bool = False, confirm: bool = True,
+    prior: PriorScan, cascade: bool = False, confirm: bool | None = None,
 ) -> tuple[list[NoduleComparison], list[str]]:  # fmt: skip
     """Find the prior's nodules, register it on the lungs and compare
     (:mod:`lungvlm.inference.prior`).
 
-    The prior's candidates go through the same analysis as the current scan's (with
-    ``confirm``, only those whose findings describe a nodule count). An empty lung mask makes
-    registration impossible: the comparison then uses the scanner coordinates as they are,
-    with a warning.
+    The prior's candidates are selected as the current scan's: at or above the detection
+    threshold when the checkpoint has one, and, when the text confirms
+    (:func:`~lungvlm.inference.report_analysis.confirms_by_text`), only those whose findings
+    describe a nodule (the heads run only then). An empty lung mask makes registration
+    impossible: the comparison then uses the scanner coordinates as they are, with a warning.
     """
-    if confirm:
-        segmentation = analyse_scan(rm, prior.volume, prior.lung_mask, cascade).segmentation
+    if confirms_by_text(rm, confirm):
+        analysis = analyse_scan(rm, prior.volume, prior.lung_mask, cascade, confirm=True)
+        segmentation = analysis.segmentation
     else:
         _, segmentation, _ = segment_volume(rm, prior.volume, prior.lung_mask, cascade)
+        segmentation, _ = threshold_candidates(rm, segmentation)
     nodules = [
         MeasuredNodule(n.centroid_world_mm, n.mean_diameter_mm, n.volume_mm3)
         for n in segmentation.instances
@@ -105,6 +110,28 @@ def compare_prior(
         return compare_nodules(current, nodules, prior.interval_days), [message]
 
 
+def candidate_notes(analysis: ScanAnalysis) -> list[str]:
+    """Markdown lines saying which candidates were not reported, and why."""
+    lines = []
+    if analysis.candidate_threshold is None:
+        lines.append(
+            "The checkpoint has no detection threshold (run `lungvlm calibrate --detection`): "
+            "candidates are not filtered by a calibrated candidate probability."
+        )
+    elif analysis.n_below_threshold:
+        lines.append(
+            f"{analysis.n_below_threshold} segmentation candidate(s) are not reported: their "
+            f"candidate probability is below the detection threshold "
+            f"{analysis.candidate_threshold:.3f}."
+        )
+    if analysis.n_unconfirmed:
+        lines.append(
+            f"{analysis.n_unconfirmed} segmentation candidate(s) are not reported: the model's "
+            "findings for their crops describe no nodule."
+        )
+    return [line for text in lines for line in (text, "")]
+
+
 def generate_report(
     rm: ReportModel,
     volume,
@@ -117,7 +144,7 @@ def generate_report(
     cascade: bool = False,
     overwrite: bool = False,
     timings_s: dict[str, float] | None = None,
-    confirm: bool = True,
+    confirm: bool | None = None,
 ) -> ReportResult:
     """Analyse a scan, compare it with a prior, assemble and write the report.
 
@@ -134,7 +161,8 @@ def generate_report(
         cascade: segment with the adaptive-resolution cascade.
         overwrite: replace an existing ``out_dir``.
         timings_s: seconds of steps done by the caller (e.g. "read", "lung_mask").
-        confirm: report only candidates whose generated findings describe a nodule
+        confirm: report only candidates whose generated findings describe a nodule; None
+            (default): only when the checkpoint has no detection threshold
             (:mod:`lungvlm.inference.report_analysis`).
     """
     analysis = analyse_scan(rm, volume, lung_mask, cascade, confirm)
@@ -159,13 +187,7 @@ def generate_report(
             warnings += notes
             analysis.timings_s["prior"] = time.perf_counter() - start
             extra = resolved_markdown(comparisons)
-    if analysis.n_unconfirmed:
-        extra = [
-            *extra,
-            f"{analysis.n_unconfirmed} segmentation candidate(s) are not reported: the model's "
-            "findings for their crops describe no nodule.",
-            "",
-        ]
+    extra = [*extra, *candidate_notes(analysis)]
     order = rank_nodules(analysis)
     report = assemble_report(
         rm, analysis, order, case_id, source, comparisons,

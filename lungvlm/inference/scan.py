@@ -11,6 +11,11 @@ training cache (``data_modules/cache.py``) resamples. HU are resampled linearly 
 original voxel centre) and then normalised with the checkpoint's
 ``hu_min``/``hu_max`` through :func:`lungvlm.clinical.hu.normalize_hu`, as training did.
 Sliding windows: :mod:`lungvlm.inference.windows`.
+
+Candidates: every connected component of the thresholded probability is a candidate. When the
+model has a candidate head, each gets ``candidate_probability`` from it
+(:mod:`lungvlm.inference.candidate_score`) and the candidates are ranked by it; otherwise by
+``score``, the component's peak probability. Label 1 is the top-ranked candidate.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -28,6 +33,7 @@ from lungvlm.clinical.hu import default_normalization, normalize_hu
 from lungvlm.clinical.measure import measure_nodule
 from lungvlm.imaging.resample import resample_grid
 from lungvlm.imaging.volume import affine_lps
+from lungvlm.inference.candidate_score import candidate_probabilities, has_candidate_head
 from lungvlm.inference.windows import dilate_mm, sliding_window_probability, window_selector
 from lungvlm.metrics.segmentation import label_components
 
@@ -149,7 +155,8 @@ class DetectedNodule:
     """One segmented nodule of a scan, measured at the prepared spacing.
 
     Attributes:
-        label: its value in :attr:`ScanSegmentation.labels` (1 = highest score).
+        label: its value in :attr:`ScanSegmentation.labels` (1 = top-ranked, see
+            :attr:`ranking_score`).
         score: maximum probability inside the component.
         num_voxels: component size in prepared voxels.
         centroid_vox: mean prepared-grid index (z, y, x).
@@ -160,6 +167,8 @@ class DetectedNodule:
             :func:`lungvlm.clinical.measure.measure_nodule`.
         long_axis_mm: long axis on the axial slice of greatest area (mm).
         short_axis_mm: perpendicular short axis on that slice (mm).
+        candidate_probability: the candidate head's nodule probability of the crop centred on
+            the component; None when the model has no candidate head.
     """
 
     label: int
@@ -172,6 +181,12 @@ class DetectedNodule:
     mean_diameter_mm: float
     long_axis_mm: float
     short_axis_mm: float
+    candidate_probability: float | None = None
+
+    @property
+    def ranking_score(self) -> float:
+        """What ranks candidates (and the FROC): ``candidate_probability``, else ``score``."""
+        return self.score if self.candidate_probability is None else self.candidate_probability
 
     def to_dict(self) -> dict:
         """JSON-serialisable fields."""
@@ -185,7 +200,7 @@ class ScanSegmentation:
     Attributes:
         probability: nodule probability (z, y, x) float32 at the prepared spacing.
         labels: int32 instance map (0 = background), same grid, numbered like ``instances``.
-        instances: detected nodules by decreasing score.
+        instances: detected nodules by decreasing :attr:`DetectedNodule.ranking_score`.
         prepared: the prepared scan (grids and world mapping).
         windows_total: full-resolution windows covering the scan.
         windows_processed: full-resolution windows the model actually ran on.
@@ -260,6 +275,41 @@ def extract_instances(
     return labels, instances
 
 
+def rank_instances(
+    labels: NDArray[np.int32], instances: Sequence[DetectedNodule]
+) -> tuple[NDArray[np.int32], list[DetectedNodule]]:
+    """Order instances by decreasing ``ranking_score`` (ties keep their order) and renumber them
+    and the label map so that label k is the k-th."""
+    order = sorted(range(len(instances)), key=lambda i: -instances[i].ranking_score)
+    lookup = np.zeros(max((n.label for n in instances), default=0) + 1, dtype=np.int32)
+    ranked = []
+    for new, position in enumerate(order, start=1):
+        lookup[instances[position].label] = new
+        ranked.append(replace(instances[position], label=new))
+    return lookup[labels].astype(np.int32), ranked
+
+
+def score_candidates(
+    model: nn.Module,
+    prepared: PreparedScan,
+    labels: NDArray[np.int32],
+    instances: Sequence[DetectedNodule],
+    crop_size_vox: int,
+    context_scale: float = 2.0,
+    batch_size: int = 4,
+) -> tuple[NDArray[np.int32], list[DetectedNodule]]:
+    """Give each instance its ``candidate_probability`` and rank by it (module docstring)."""
+    probabilities = candidate_probabilities(
+        model, prepared.image, [n.centroid_vox for n in instances], crop_size_vox,
+        context_scale, batch_size, prepared.normalization,
+    )  # fmt: skip
+    scored = [
+        replace(n, candidate_probability=float(p))
+        for n, p in zip(instances, probabilities, strict=True)
+    ]
+    return rank_instances(labels, scored)
+
+
 def segment_scan(
     model: nn.Module,
     prepared: PreparedScan,
@@ -291,6 +341,10 @@ def segment_scan(
         lung_margin_mm: dilation of the lung mask (mm).
         region: optional boolean prepared-grid mask; only windows touching it run (the cascade).
         progress: show a progress bar over window batches.
+
+    With a candidate head on the model, every instance gets ``candidate_probability`` (crops of
+    ``roi_size_vox``, ``sw_batch_size`` per forward pass) and instances are ranked by it
+    (``timings_s["candidate_score"]``); otherwise they are ranked by ``score``.
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -308,4 +362,15 @@ def segment_scan(
     start = time.perf_counter()
     labels, instances = extract_instances(prob, prepared, threshold, min_volume_mm3)
     timings["components"] = time.perf_counter() - start
+    if has_candidate_head(model):
+        sides = {int(v) for v in np.broadcast_to(np.asarray(roi_size_vox), (3,))}
+        if len(sides) != 1:
+            raise ValueError(
+                f"roi_size_vox={roi_size_vox!r}: the candidate score needs cubic crops"
+            )
+        start = time.perf_counter()
+        labels, instances = score_candidates(
+            model, prepared, labels, instances, sides.pop(), context_scale, sw_batch_size
+        )
+        timings["candidate_score"] = time.perf_counter() - start
     return ScanSegmentation(prob, labels, instances, prepared, n_total, n_run, timings)

@@ -78,18 +78,21 @@ class WholeScanValidation(L.Callback):
     Logged keys, on every validation epoch end: ``val/det/cpm``, ``val/det/sensitivity``,
     ``val/det/fps_per_scan`` and ``val/det/mean_dice``; plus ``val/det/seconds`` (wall time of
     the measurement, including the first one's rendering of the chests) on epochs that measured.
-    Whole chests cost about a minute per measurement on a CPU, so measuring on every epoch is not
-    an option; instead, on an epoch that does not measure, the last measured values are logged
-    again (sample and hold), so ``ModelCheckpoint(monitor="val/det/cpm")`` finds its key on
-    every epoch. A held value equals the best it was measured as, so it never replaces the
-    checkpoint of the epoch that measured it (ModelCheckpoint saves on strict improvement).
-    Before the first measurement the values are NaN, which ModelCheckpoint ranks worst: the
-    first measured epoch replaces that checkpoint. (``EarlyStopping`` stops on NaN by default:
-    do not early-stop on ``val/det/*`` unless ``every_n_epochs=1``.) The held values are saved
-    in the checkpoint, so a resumed run holds them too.
+    On a CPU one default-size chest costs about as much as a stage-2 training epoch, so
+    measuring on every epoch is not an option there; instead, on an epoch that does not
+    measure, the last measured values are logged again (sample and hold), so
+    ``ModelCheckpoint(monitor="val/det/cpm")`` finds its key on every epoch. A held value
+    equals the best it was measured as, so it never replaces the checkpoint of the epoch that
+    measured it (ModelCheckpoint saves on strict improvement, so a tie also keeps the earlier
+    measured epoch). Before the first measurement the values are NaN, which ModelCheckpoint
+    ranks worst: the first measured epoch replaces that checkpoint, but until then "best" is
+    the first epoch's model (use ``last.ckpt`` of a run stopped earlier). ``EarlyStopping``
+    stops on NaN by default: do not early-stop on ``val/det/*`` unless ``every_n_epochs=1``.
+    The held values are saved in the checkpoint, so a resumed run holds them too.
 
     Without a ``validation_chests`` method on the DataModule, or without a segmentation head
-    on the model, it warns once and logs nothing. Under DDP, rank 0 measures and broadcasts.
+    on the model, it warns once and logs nothing. Under DDP, rank 0 measures and broadcasts the
+    values, and every rank logs them.
 
     Args:
         every_n_epochs: measure every this many epochs (and on the last one).
@@ -240,16 +243,17 @@ class WholeScanValidation(L.Callback):
                 f"{getattr(pl_module, 'stage', '?')!r}), so val/det/* are not logged",
             )
             return
-        measured = self.is_due(trainer)
-        if measured:
+        # Every rank logs the same (broadcast) values: "max" over ranks keeps them exact.
+        log = {"on_step": False, "on_epoch": True, "sync_dist": True, "reduce_fx": "max"}
+        if self.is_due(trainer):
             values = self._measure(trainer, pl_module)
             self.last_metrics = {k: values[k] for k in DETECTION_METRICS}
-            self.last_measured_epoch = trainer.current_epoch
-            pl_module.log("val/det/seconds", values["seconds"], on_epoch=True)
+            if trainer.state.fn == TrainerFn.FITTING:  # a `validate` call is no epoch of a fit
+                self.last_measured_epoch = trainer.current_epoch
+            pl_module.log("val/det/seconds", values["seconds"], **log)
         held = self.last_metrics or dict.fromkeys(DETECTION_METRICS, math.nan)
         for name in DETECTION_METRICS:
-            # Every rank holds the same values (broadcast), so no reduction is needed.
-            pl_module.log(f"val/det/{name}", held[name], on_epoch=True, prog_bar=name == "cpm")
+            pl_module.log(f"val/det/{name}", held[name], prog_bar=name == "cpm", **log)
 
     def state_dict(self) -> dict[str, Any]:
         """The held values and their epoch (plain data: checkpoints load with weights_only)."""

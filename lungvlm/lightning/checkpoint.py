@@ -204,7 +204,7 @@ def _model_config(checkpoint: dict, path: Path) -> dict:
         for k, v in hparams.items()
         if not k.startswith("_") and k not in _TRAINING_ONLY_ARGS
     }
-    for name in ("encoder", "seg_head", "recon_head", "seg_loss", "vl_heads"):
+    for name in ("encoder", "seg_head", "recon_head", "seg_loss", "vl_heads", "candidate_head"):
         value = config.get(name)
         if value is not None and not isinstance(value, dict):
             raise ValueError(
@@ -349,8 +349,20 @@ def calibrated_path(ckpt_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}_calibrated.ckpt")
 
 
+def _same_weights(a: dict, b: dict) -> bool:
+    """Whether two state dicts hold the same tensors under the same names."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def write_calibrated_checkpoint(ckpt_path: str | Path, calibration: Any) -> Path:
     """Copy the checkpoint with ``calibration`` under ``["lungvlm"]["calibration"]``, atomically.
+
+    Calibrations merge: the sentence calibration (``lungvlm calibrate``) is top-level keys of
+    that dict and the detection calibration (``lungvlm calibrate --detection``) its
+    ``"detection"`` key. The keys given replace those of the calibration already in
+    ``ckpt_path`` and, when the calibrated file exists and holds the same weights, in that
+    file; the other keys are kept. So both commands, run in either order on one checkpoint,
+    leave both calibrations in one file, and a calibration of other weights is never kept.
 
     Args:
         ckpt_path: the checkpoint to copy.
@@ -362,8 +374,15 @@ def write_calibrated_checkpoint(ckpt_path: str | Path, calibration: Any) -> Path
     if hasattr(calibration, "to_dict"):
         calibration = calibration.to_dict()
     checkpoint = read_checkpoint(ckpt_path)
-    checkpoint.setdefault(CHECKPOINT_KEY, {})[CALIBRATION_KEY] = plain_data(calibration)
-    return save_checkpoint(calibrated_path(ckpt_path), checkpoint)
+    merged = dict(read_calibration(checkpoint) or {})
+    target = calibrated_path(ckpt_path)
+    if target.is_file():
+        existing = read_checkpoint(target)
+        if _same_weights(existing["state_dict"], checkpoint["state_dict"]):
+            merged.update(read_calibration(existing) or {})
+    merged.update(plain_data(calibration))
+    checkpoint.setdefault(CHECKPOINT_KEY, {})[CALIBRATION_KEY] = merged
+    return save_checkpoint(target, checkpoint)
 
 
 def read_calibration(checkpoint: dict) -> dict | None:

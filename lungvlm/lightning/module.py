@@ -31,10 +31,13 @@ from lungvlm.lightning.vision_language import (
     VisionLanguageConfig,
     VisionLanguageTask,
 )
+from lungvlm.losses.candidate import candidate_loss
 from lungvlm.losses.masking import apply_mask, batch_block_mask, masked_reconstruction_loss
 from lungvlm.losses.segmentation import DiceHausdorffLoss
+from lungvlm.metrics.candidate import CandidateAUROC
 from lungvlm.metrics.crop_segmentation import SegmentationMetrics
 from lungvlm.models.encoder import MultiScaleEncoder3D
+from lungvlm.models.heads.candidate import CandidateHead
 from lungvlm.models.heads.reconstruction import ReconstructionHead
 from lungvlm.models.heads.segmentation import SegmentationHead
 from lungvlm.models.vision_language import VisionLanguageHeads
@@ -51,6 +54,7 @@ HeadFactory = Callable[[Sequence[dict]], nn.Module]
 MODULE_ARGUMENTS: tuple[str, ...] = (
     "encoder",
     "seg_head",
+    "candidate_head",
     "recon_head",
     "seg_loss",
     "optimizer",
@@ -85,6 +89,10 @@ class LungVLMModule(L.LightningModule):
             decoder of ``vl_heads`` on text only: causal LM + report coherence) or
             "vision_language".
         seg_head: segmentation head (or a factory taking the encoder's ``feature_info``).
+        candidate_head: optional candidate head (or its factory): one logit per crop, "a nodule
+            is centred here", trained in stages "segment" and "vision_language" with the loss
+            "candidate" (:mod:`lungvlm.losses.candidate`); inference scores and ranks whole-scan
+            candidates with it. None: no candidate loss (older configs).
         recon_head: reconstruction head for masked-volume pretraining (or its factory).
         seg_loss: Dice + Hausdorff loss of the segmentation head.
         vl_heads: stage-3 heads (or a factory taking ``feature_info``): visual tokens, report
@@ -106,6 +114,7 @@ class LungVLMModule(L.LightningModule):
         encoder: MultiScaleEncoder3D,
         stage: Stage = "segment",
         seg_head: HeadFactory | None = None,
+        candidate_head: HeadFactory | None = None,
         recon_head: HeadFactory | None = None,
         seg_loss: DiceHausdorffLoss | None = None,
         vl_heads: Callable[[Sequence[dict]], VisionLanguageHeads] | None = None,
@@ -136,6 +145,7 @@ class LungVLMModule(L.LightningModule):
             raise ValueError("stage='pretrain' needs a recon_head")
         if stage in ("segment", "vision_language") and self.seg_head is None:
             raise ValueError(f"stage={stage!r} needs a seg_head")
+        self.candidate_head: CandidateHead | None = _build(candidate_head, info)
         self.vl_heads: VisionLanguageHeads | None = _build(vl_heads, info)
         if stage in ("language", "vision_language") and self.vl_heads is None:
             raise ValueError(f"stage={stage!r} needs vl_heads")
@@ -166,6 +176,8 @@ class LungVLMModule(L.LightningModule):
         self.seg_metrics = nn.ModuleDict(
             {split: SegmentationMetrics() for split in ("val", "test")}
         )
+        splits = ("val", "test") if self.candidate_head is not None else ()
+        self.candidate_auroc = nn.ModuleDict({split: CandidateAUROC() for split in splits})
         self._initialised_from: str | None = None
         self._initialised_from_vl = False  # True when init_from brought a trained decoder
         self._maybe_init_from()
@@ -219,11 +231,12 @@ class LungVLMModule(L.LightningModule):
         """Names of the tasks this stage trains."""
         if self.stage == "pretrain":
             return ["reconstruction"]
+        candidate = ["candidate"] if self.candidate_head is not None else []
         if self.stage == "segment":
-            return ["segmentation"]
+            return ["segmentation", *candidate]
         if self.stage == "language":
             return list(LANGUAGE_LOSS_KEYS)
-        return ["segmentation", *VL_LOSS_NAMES]
+        return ["segmentation", *candidate, *VL_LOSS_NAMES]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Store the metadata inference needs (normalisation, labels, stage) as plain data.
@@ -285,14 +298,27 @@ class LungVLMModule(L.LightningModule):
         loss = masked_reconstruction_loss(recon, image, mask)
         return {"reconstruction": loss}, {"masked": masked, "reconstruction": recon}
 
+    def _candidate_losses(
+        self, features: list[Tensor], batch
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The candidate loss and the head's logits, or nothing without a candidate head."""
+        if self.candidate_head is None:
+            return {}, {}
+        logits = self.candidate_head(features)
+        loss = candidate_loss(logits, batch.seg_mask, batch.seg_present)
+        return {"candidate": loss}, {"candidate_logits": logits}
+
     def _segmentation_losses(self, batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         context = batch.context if getattr(self.encoder, "use_context", False) else None
-        logits = self.seg_head(self.encoder(batch.image, context))
+        features = self.encoder(batch.image, context)
+        logits = self.seg_head(features)
         parts = self.seg_loss(logits, batch.seg_mask, batch.seg_present)
-        return {"segmentation": parts["total"]}, {
+        candidate, candidate_outputs = self._candidate_losses(features, batch)
+        return {"segmentation": parts["total"], **candidate}, {
             "logits": logits[0],
             "seg_dice_loss": parts["dice"],
             "seg_hausdorff_loss": parts["hausdorff"],
+            **candidate_outputs,
         }
 
     def _vision_language_losses(self, batch) -> tuple[dict[str, Tensor], dict]:
@@ -300,9 +326,10 @@ class LungVLMModule(L.LightningModule):
         features = self.encoder(batch.image, context)
         logits = self.seg_head(features)
         parts = self.seg_loss(logits, batch.seg_mask, batch.seg_present)
+        candidate, candidate_outputs = self._candidate_losses(features, batch)
         vl_losses, forward = self.vl.losses(features, batch, logits[0])
-        losses = {"segmentation": parts["total"], **vl_losses}
-        return losses, {"logits": logits[0], "vl_forward": forward}
+        losses = {"segmentation": parts["total"], **candidate, **vl_losses}
+        return losses, {"logits": logits[0], "vl_forward": forward, **candidate_outputs}
 
     def shared_step(
         self, batch, reorder_seed: int | None = None
@@ -382,6 +409,10 @@ class LungVLMModule(L.LightningModule):
         if "logits" in outputs:
             metrics = self.seg_metrics[split]
             metrics.update(outputs["logits"], batch.seg_mask, batch.seg_present, batch.spacing_mm)
+        if "candidate_logits" in outputs:
+            self.candidate_auroc[split].update(
+                outputs["candidate_logits"], batch.seg_mask, batch.seg_present
+            )
         if "vl_forward" in outputs:
             self.vl.update_metrics(split, outputs["vl_forward"], batch, keep_samples=batch_idx == 0)
         if (
@@ -405,6 +436,9 @@ class LungVLMModule(L.LightningModule):
         for name, value in values.items():
             self.log(f"{split}/seg/{name}", value, prog_bar=name == "dice")
         self.seg_metrics[split].reset()
+        if split in self.candidate_auroc and self.candidate_auroc[split].update_called:
+            self.log(f"{split}/candidate/auroc", self.candidate_auroc[split].compute())
+            self.candidate_auroc[split].reset()
         if self.vl is not None:
             for name, value in self.vl.compute_metrics(split).items():
                 self.log(f"{split}/{name}", value, prog_bar=name == "report/concept_f1")

@@ -143,7 +143,7 @@ class ReportPredictor(L.LightningModule):
             result = generate_report(
                 self.report_model, volume, lungs, folder, source, item.case_id,
                 item.source_datasets, None, cascade=self.cascade, overwrite=self.overwrite,
-                timings_s=timings, confirm=not self.keep_unconfirmed,
+                timings_s=timings, confirm=False if self.keep_unconfirmed else None,
             )  # fmt: skip
         except (ValueError, OSError, RuntimeError) as err:
             log.warning("%s (%s): %s", item.case_id, item.path, err)

@@ -111,6 +111,7 @@ def sliding_window_probability(
     device = _model_device(model)
     counts = {"total": 0, "processed": 0}
     n_windows = window_count(padded.shape, roi, overlap)
+    progress_update("segmentation windows", 0, n_windows)  # a new bar per scan
 
     def predictor(windows: torch.Tensor, slices: list) -> torch.Tensor:
         # windows: (B, 1, *roi); slices[b] = [batch slice, channel slice, z, y, x slices].

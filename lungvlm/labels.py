@@ -64,3 +64,8 @@ def concept_to_unit(name: str, rating: float) -> float:
     if not 1 <= rating <= top:
         raise ValueError(f"rating={rating!r} for {name!r} is outside its scale 1..{top}")
     return (rating - 1.0) / (top - 1.0)
+
+
+#: Sizes of generated phantom chests: "default" (a realistic chest) and "tiny" (tests, quick
+#: looks). The commands, the data module and the whole-scan validation callback share them.
+PHANTOM_SIZES: tuple[str, ...] = ("default", "tiny")

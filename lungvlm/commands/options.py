@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-#: Sizes of generated phantom chests (``tiny`` for tests and quick looks).
-PHANTOM_SIZES: tuple[str, ...] = ("default", "tiny")
+from lungvlm.labels import PHANTOM_SIZES  # a constants module: no heavy import
 
 
 def add_ckpt(parser: argparse.ArgumentParser, what: str = "stage-3 checkpoint") -> None:

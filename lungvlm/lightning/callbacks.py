@@ -18,10 +18,10 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lungvlm.evaluation.detection import EvaluationResult, EvaluationScan, evaluate_scans
+from lungvlm.labels import PHANTOM_SIZES
 from lungvlm.types import WholeChest
 
 #: Sizes of the chests a DataModule's ``validation_chests`` renders.
-CHEST_SIZES: tuple[str, ...] = ("default", "tiny")
 #: Metrics logged as ``val/det/<name>`` on every validation epoch (held between measurements).
 DETECTION_METRICS: tuple[str, ...] = ("cpm", "sensitivity", "fps_per_scan", "mean_dice")
 #: Settings read from the DataModule's hyper-parameters: the model's training crop and grid.
@@ -127,10 +127,10 @@ class WholeScanValidation(L.Callback):
             raise TypeError(f"sw_batch_size={sw_batch_size!r} must be an int")
         if sw_batch_size < 1:
             raise ValueError(f"sw_batch_size={sw_batch_size!r} must be >= 1")
-        if phantom_size not in CHEST_SIZES:
+        if phantom_size not in PHANTOM_SIZES:
             raise ValueError(
-                f"phantom_size={phantom_size!r} is not one of {CHEST_SIZES}"
-                + _nearest(phantom_size, CHEST_SIZES)
+                f"phantom_size={phantom_size!r} is not one of {PHANTOM_SIZES}"
+                + _nearest(phantom_size, PHANTOM_SIZES)
             )
         self.every_n_epochs = every_n_epochs
         self.n_chests = n_chests

@@ -138,6 +138,16 @@ def screenshot(html: Path, png: Path, window_px: tuple[int, int] = WINDOW_PX) ->
     return png
 
 
+def shrink_png(png: Path, colors: int = 128) -> Path:
+    """Re-save ``png`` with a 128-colour palette (a page screenshot: ~130 kB instead of ~350 kB)."""
+    from PIL import Image
+
+    with Image.open(png) as image:
+        palette = image.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+    palette.save(png, optimize=True)
+    return png
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("case_page.png"))
@@ -149,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         written = export_case(folder, report, image, spacing, labels, heatmaps, overwrite=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         screenshot(written.html, args.out)
+    shrink_png(args.out)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

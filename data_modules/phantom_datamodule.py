@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data_modules.loaders import LungBatchLoadersMixin
+from data_modules.mined import pool_files, store_mined
 from data_modules.phantom.generator import SHAPE_SOURCES, PhantomConfig, generate_case
 from data_modules.phantom.patch import make_nodule_sample
 from data_modules.transforms import augment, train_augmentation
@@ -38,6 +39,8 @@ from lungvlm.types import NoduleSample, ReportSpan, WholeChest
 
 SPLIT_OFFSETS: dict[str, int] = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 SEED_STRIDE: int = 3_000_000
+#: Whole training chests for hard-negative mining start at this offset of the training split.
+MINING_SEED_OFFSET: int = 500_000
 #: Seeds per split: split ``s`` of DataModule seed ``k`` owns ``[base, base + SPLIT_SEEDS)``.
 SPLIT_SEEDS: int = 1_000_000
 #: Sizes of whole phantom chests: the generator's default (160 x 256 x 256) or its tiny
@@ -188,8 +191,12 @@ class PhantomNoduleDataset(Dataset):
         augment: bool = False,
         cache_dir: str | Path | None = None,
         hard_negative_fraction: float = 0.0,
+        mined_fraction: float = 0.0,
     ) -> None:
         self.seed_base, self.n, self.config = int(seed_base), int(n), config
+        self.mined_fraction = mined_fraction
+        #: Sample files of the mined-crop pool (:mod:`data_modules.mined`); see :meth:`_load`.
+        self.mined_files: list[Path] = []
         self.positive_fraction, self.label_fraction = positive_fraction, label_fraction
         self.hard_negative_fraction = hard_negative_fraction
         self.transform = train_augmentation() if augment else None
@@ -212,7 +219,23 @@ class PhantomNoduleDataset(Dataset):
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
         return self.cache_dir / f"phantom-{digest}-{seed}.npz"
 
+    def mined_file(self, seed: int) -> Path | None:
+        """The pool file that replaces sample ``seed`` this epoch, or None (a phantom crop).
+
+        With a non-empty pool, a fraction ``mined_fraction`` of the samples (drawn anew each
+        epoch) is a mined crop, drawn uniformly from the pool.
+        """
+        if not self.mined_files or self.mined_fraction <= 0:
+            return None
+        if np.random.default_rng([seed, 105, self.epoch]).random() >= self.mined_fraction:
+            return None
+        pick = np.random.default_rng([seed, 106, self.epoch]).integers(len(self.mined_files))
+        return self.mined_files[int(pick)]
+
     def _load(self, seed: int) -> dict[str, Any]:
+        mined = self.mined_file(seed)
+        if mined is not None:
+            return read_cached_sample(mined)
         kind = self.sample_kind(seed)
         positive, site = kind == "positive", "lung" if kind == "positive" else kind
         if self.cache_dir is None:
@@ -264,7 +287,7 @@ class PhantomNoduleDataset(Dataset):
             report_spans=[ReportSpan(*sp) for sp in d["spans"]],
             impression_text=d["impression_text"],
             spacing_mm=torch.tensor(d["spacing_mm"], dtype=torch.float32),
-            patient_id=f"phantom-{seed}",
+            patient_id=d["meta"].get("case_id") or f"phantom-{seed}",
             meta=dict(d["meta"]),
             qa_kind=qa.kind if qa else "",
             qa_question=qa.question if qa else "",
@@ -296,6 +319,11 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
         label_fraction: fraction of training samples whose seg/risk labels are present; the
             others are present-but-masked (semi-supervised runs).
         jitter_mm: maximum offset of a positive crop's centre from its nodule, per axis (mm).
+        mined_dir: folder of a mined-crop pool (:mod:`data_modules.mined`, written by the
+            ``HardNegativeMining`` callback); its crops join the training samples from the
+            start (resume, or a pool of an earlier run). None: only what mining adds this run.
+        mined_fraction: fraction of the training samples drawn from the mined-crop pool once
+            it is not empty (the rest as above).
     """
 
     def __init__(
@@ -317,6 +345,8 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
         cache_dir: str | None = None,
         label_fraction: float = 1.0,
         jitter_mm: float = 3.0,
+        mined_dir: str | None = None,
+        mined_fraction: float = 0.0,
     ) -> None:
         super().__init__()
         if crop_size_vox < 8:
@@ -329,6 +359,7 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
             ("positive_fraction", positive_fraction),
             ("hard_negative_fraction", hard_negative_fraction),
             ("label_fraction", label_fraction),
+            ("mined_fraction", mined_fraction),
         ):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}={value!r} must be in [0, 1]")
@@ -343,6 +374,10 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
         if shape_source not in SHAPE_SOURCES:
             raise ValueError(
                 f"shape_source={shape_source!r} is not valid; expected one of {SHAPE_SOURCES}"
+            )
+        if n_train >= MINING_SEED_OFFSET:
+            raise ValueError(
+                f"n_train={n_train!r} must be < {MINING_SEED_OFFSET} (the mining chests' seeds)"
             )
         if persistent_workers and num_workers == 0:
             raise ValueError("persistent_workers=True needs num_workers > 0")
@@ -373,7 +408,10 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
                 label_fraction=hp.label_fraction if split == "train" else 1.0,
                 augment=hp.augment and split == "train",
                 cache_dir=hp.cache_dir,
+                mined_fraction=hp.mined_fraction if split == "train" else 0.0,
             )
+        if hp.mined_dir is not None:
+            self.load_mined(hp.mined_dir)
 
     def validation_chests(self, n: int, size: str = "default") -> list[WholeChest]:
         """Whole phantom chests for whole-scan validation (``WholeScanValidation``).
@@ -395,6 +433,52 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
             raise ValueError(f"size={size!r} is not a chest size; expected one of {PHANTOM_SIZES}")
         base = split_seed_base("val", self.hparams.seed)
         return [phantom_chest(base + i, size, self.hparams.shape_source) for i in range(int(n))]
+
+    def mining_chests(self, n: int, start: int = 0, size: str = "default") -> list[WholeChest]:
+        """Whole training chests for hard-negative mining (``HardNegativeMining``).
+
+        Chest ``i`` is :func:`phantom_chest` of seed ``split_seed_base("train", seed) +
+        MINING_SEED_OFFSET + start + i``: the training split's seed range, past the crop seeds
+        (``n_train`` < ``MINING_SEED_OFFSET``), so never a validation or test chest. Round ``k``
+        of mining passes ``start = k * n`` to meet new chests.
+
+        Raises:
+            ValueError: ``n`` < 1, ``start`` < 0, or an unknown ``size``.
+        """
+        if int(n) < 1 or int(start) < 0:
+            raise ValueError(f"n={n!r} must be >= 1 and start={start!r} >= 0")
+        if size not in PHANTOM_SIZES:
+            raise ValueError(f"size={size!r} is not a chest size; expected one of {PHANTOM_SIZES}")
+        base = split_seed_base("train", self.hparams.seed) + MINING_SEED_OFFSET + int(start)
+        return [phantom_chest(base + i, size, self.hparams.shape_source) for i in range(int(n))]
+
+    def store_mined(
+        self, folder: str | Path, case_id: str, crops: list, stats: dict, round_index: int = 0
+    ) -> list[Path]:
+        """Write mined crops of one chest into the pool at ``folder`` (:func:`store_mined`)."""
+        hp = self.hparams
+        return store_mined(
+            folder, case_id, crops, stats, spacing_mm=hp.spacing_mm,
+            context_scale=hp.context_scale, round_index=round_index,
+        )  # fmt: skip
+
+    def use_mined(self, files: list[Path]) -> None:
+        """Make ``files`` (pool samples) the mined crops training draws from (see
+        ``mined_fraction``). Workers that are not persistent pick the pool up next epoch."""
+        if "train" in self.datasets:
+            self.datasets["train"].mined_files = [Path(f) for f in files]
+
+    def load_mined(self, folder: str | Path) -> int:
+        """Draw the mined crops from the pool at ``folder`` (none if it does not exist yet);
+        returns the pool's size."""
+        folder = Path(folder)
+        self.use_mined(pool_files(folder) if folder.is_dir() else [])
+        return self.mined_count
+
+    @property
+    def mined_count(self) -> int:
+        """Number of mined crops training draws from now."""
+        return len(self.datasets["train"].mined_files) if "train" in self.datasets else 0
 
     def set_epoch(self, epoch: int) -> None:
         """Advance the training augmentation to ``epoch`` (re-seeds it per sample and epoch)."""

@@ -360,3 +360,36 @@ __all__ = [
     "WholeChest",
     "collate_samples",
 ]
+
+
+#: Kinds of mined crops: a model's false positive, or a window the sliding window meets.
+MINED_KINDS: tuple[str, ...] = ("false_positive", "window")
+
+
+@dataclass(frozen=True)
+class MinedCrop:
+    """One nodule-free training crop cut from a whole chest (:mod:`lungvlm.inference.mining`).
+
+    Plain data, so that the DataModule that stores it never imports ``lungvlm.inference``.
+
+    Attributes:
+        image: fine crop (D, H, W) float32, normalised as training normalises (in [0, 1]).
+        context: context crop (D, H, W) covering ``context_scale`` times the field of view, or
+            None when the context scale is 0.
+        mask: reference nodule mask (D, H, W) uint8 on the fine crop (mostly all zeros).
+        kind: "false_positive" (a candidate of the model that hit no nodule) or "window".
+        centre_vox: crop centre (z, y, x) on the prepared grid (voxels).
+        centre_world_mm: the same point in LPS world (x, y, z) mm.
+        score: the candidate's ranking score (candidate probability, else peak probability);
+            None for windows.
+        case_id: the chest it comes from.
+    """
+
+    image: NDArray[np.float32]
+    context: NDArray[np.float32] | None
+    mask: NDArray[np.uint8]
+    kind: str
+    centre_vox: tuple[float, float, float]
+    centre_world_mm: tuple[float, float, float]
+    score: float | None
+    case_id: str

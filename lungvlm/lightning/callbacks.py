@@ -10,9 +10,11 @@ from __future__ import annotations
 import difflib
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
@@ -263,3 +265,192 @@ class WholeScanValidation(L.Callback):
         """Restore the held values of a resumed run."""
         self.last_metrics = state_dict.get("last_metrics")
         self.last_measured_epoch = state_dict.get("last_measured_epoch")
+
+
+class HardNegativeMining(L.Callback):
+    """Mine whole training chests for false positives and feed them back as training crops.
+
+    After each training epoch listed in ``epochs`` (0-based), the current model segments
+    ``n_chests`` whole training chests as ``lungvlm report`` would
+    (:func:`lungvlm.inference.mining.mine_chest`): its false-positive components (at most
+    ``max_false_positives`` per chest, the highest ranked) and ``n_windows`` crops drawn where
+    the sliding window runs become nodule-free training crops. They are written to a pool folder
+    (``out_dir``, default ``<run_dir>/mined``; atomically, see :mod:`data_modules.mined`) and the
+    DataModule draws a fraction ``mined_fraction`` of its training samples from the pool from
+    the next epoch on. Each round meets new chests (round ``k`` asks the DataModule for chests
+    ``k * n_chests ..``), so the pool grows with what the model gets wrong as it learns.
+
+    The DataModule provides ``mining_chests(n, start, size)``, ``store_mined(folder, case_id,
+    crops, stats, round_index)`` and ``load_mined(folder)`` (``PhantomDataModule`` does) and its
+    ``crop_size_vox``, ``spacing_mm`` and ``context_scale`` hyper-parameters. Its workers must
+    not be persistent (they would keep the old pool). The rounds done and the pool folder are
+    saved in the checkpoint: a resumed run reloads the pool and does not mine a round twice.
+    Under DDP, rank 0 mines and every rank reloads the pool after a barrier.
+
+    Cost: one default phantom chest is about one stage-2 epoch on a 2-core CPU (the sliding
+    window over the whole chest), so a round of 2 chests costs about two epochs.
+
+    Args:
+        epochs: training epochs (0-based) after which a mining round runs.
+        n_chests: whole training chests per round.
+        max_false_positives: false-positive crops kept per chest (the highest ranked).
+        n_windows: whole-lung window crops per chest.
+        threshold: probability threshold of the candidate components.
+        overlap: sliding-window overlap.
+        sw_batch_size: sliding windows per forward pass.
+        phantom_size: size of the chests, "default" or "tiny".
+        out_dir: the pool folder; None: ``<trainer.default_root_dir>/mined``.
+    """
+
+    def __init__(
+        self,
+        epochs: list[int] | tuple[int, ...] = (3,),
+        n_chests: int = 2,
+        max_false_positives: int = 32,
+        n_windows: int = 16,
+        threshold: float = 0.5,
+        overlap: float = 0.25,
+        sw_batch_size: int = 4,
+        phantom_size: str = "default",
+        out_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        epochs = list(epochs)
+        if not epochs or any(
+            isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in epochs
+        ):
+            raise ValueError(f"epochs={epochs!r} must be a non-empty list of epoch indices >= 0")
+        for name, value, low in (
+            ("n_chests", n_chests, 1),
+            ("max_false_positives", max_false_positives, 0),
+            ("n_windows", n_windows, 0),
+            ("sw_batch_size", sw_batch_size, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}={value!r} must be an int >= {low}")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold={threshold!r} must be a probability in (0, 1)")
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap={overlap!r} must be in [0, 1)")
+        if phantom_size not in PHANTOM_SIZES:
+            raise ValueError(
+                f"phantom_size={phantom_size!r} is not one of {PHANTOM_SIZES}"
+                + _nearest(phantom_size, PHANTOM_SIZES)
+            )
+        self.epochs = sorted(set(epochs))
+        self.n_chests, self.max_false_positives = n_chests, max_false_positives
+        self.n_windows, self.threshold, self.overlap = n_windows, float(threshold), float(overlap)
+        self.sw_batch_size, self.phantom_size = sw_batch_size, phantom_size
+        self.out_dir = out_dir
+        self.rounds_done: list[int] = []
+        self.history: list[dict[str, Any]] = []
+
+    def folder(self, trainer: L.Trainer) -> Path:
+        """The pool folder of this run."""
+        return Path(self.out_dir) if self.out_dir else Path(trainer.default_root_dir) / "mined"
+
+    def _check(self, trainer: L.Trainer) -> bool:
+        datamodule = trainer.datamodule
+        needed = ("mining_chests", "store_mined", "load_mined")
+        missing = [m for m in needed if not callable(getattr(datamodule, m, None))]
+        if missing:
+            raise TypeError(
+                f"HardNegativeMining needs the DataModule's {', '.join(needed)} methods; "
+                f"{type(datamodule).__name__} lacks {', '.join(missing)}"
+            )
+        if getattr(getattr(datamodule, "hparams", {}), "get", lambda *_: None)(
+            "persistent_workers"
+        ):
+            raise ValueError(
+                "HardNegativeMining: the DataModule's persistent_workers=True keeps the workers' "
+                "old sample pool; set it to false"
+            )
+        return True
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Check the DataModule, and reload the pool of a resumed run."""
+        self._check(trainer)
+        if self.rounds_done:
+            self._reload(trainer)
+
+    def _reload(self, trainer: L.Trainer) -> None:
+        trainer.datamodule.load_mined(self.folder(trainer))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Run a mining round when this epoch is listed (see the class docstring)."""
+        epoch = trainer.current_epoch
+        if trainer.sanity_checking or trainer.fast_dev_run or epoch not in self.epochs:
+            return
+        if epoch in self.rounds_done:
+            return
+        if getattr(pl_module, "seg_head", None) is None:
+            raise ValueError(
+                f"HardNegativeMining needs a segmentation model; stage {pl_module.stage!r} has none"
+            )
+        round_index = self.epochs.index(epoch)
+        record: dict[str, Any] | None = None
+        if trainer.is_global_zero:
+            record = self._mine(trainer, pl_module, round_index)
+        trainer.strategy.barrier()
+        record = trainer.strategy.broadcast(record, src=0)
+        self._reload(trainer)
+        self.rounds_done.append(epoch)
+        self.history.append(record)
+        log = {"on_step": False, "on_epoch": True, "sync_dist": True, "reduce_fx": "max"}
+        pl_module.log("train/mined/false_positives_per_chest", record["fps_per_chest"], **log)
+        pl_module.log("train/mined/pool_size", float(record["pool_size"]), **log)
+        pl_module.log("train/mined/seconds", record["seconds"], **log)
+
+    def _mine(self, trainer: L.Trainer, pl_module: L.LightningModule, round_index: int) -> dict:
+        from lungvlm.inference.mining import mine_chest
+        from lungvlm.progress import update as progress_update
+
+        settings = WholeScanValidation.data_settings(trainer.datamodule)
+        datamodule = trainer.datamodule
+        start = time.perf_counter()
+        chests = datamodule.mining_chests(
+            self.n_chests, round_index * self.n_chests, self.phantom_size
+        )
+        fps, crops = [], 0
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            for i, chest in enumerate(chests):
+                progress_update("mining chests", i, len(chests))
+                with torch.inference_mode(), trainer.precision_plugin.val_step_context():
+                    result = mine_chest(
+                        pl_module, chest,
+                        crop_size_vox=int(settings["crop_size_vox"]),
+                        spacing_mm=float(settings["spacing_mm"]),
+                        context_scale=float(settings["context_scale"]),
+                        normalization=getattr(pl_module, "normalization", None),
+                        threshold=self.threshold, overlap=self.overlap,
+                        sw_batch_size=self.sw_batch_size,
+                        max_false_positives=self.max_false_positives,
+                        n_windows=self.n_windows, seed=round_index * 1000 + i,
+                    )  # fmt: skip
+                datamodule.store_mined(
+                    self.folder(trainer), chest.case_id, result.crops, result.stats(), round_index
+                )
+                fps.append(result.n_false_positives)
+                crops += len(result.crops)
+            progress_update("mining chests", len(chests), len(chests))
+        finally:
+            pl_module.train(was_training)
+        return {
+            "epoch": trainer.current_epoch,
+            "chests": [c.case_id for c in chests],
+            "fps_per_chest": float(np.mean(fps)) if fps else 0.0,
+            "crops": crops,
+            "pool_size": datamodule.load_mined(self.folder(trainer)),
+            "seconds": time.perf_counter() - start,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Rounds done and their records (plain data: checkpoints load with weights_only)."""
+        return {"rounds_done": list(self.rounds_done), "history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the rounds of a resumed run (the pool is reloaded at fit start)."""
+        self.rounds_done = list(state_dict.get("rounds_done", []))
+        self.history = list(state_dict.get("history", []))

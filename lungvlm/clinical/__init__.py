@@ -1,7 +1,14 @@
-"""Pure clinical rules: HU windowing, Lung-RADS v2022, nodule measurement, growth/VDT, Brock
+"""Pure clinical rules: HU windowing, attenuation and subsolid extent from HU, Lung-RADS v2022, nodule measurement, growth/VDT, Brock
 and emphysema. No I/O and no module state; each function cites its guideline in its docstring.
 """
 
+from lungvlm.clinical.attenuation import (
+    AttenuationMeasurement,
+    HUMeasurement,
+    classify_attenuation,
+    measure_hu,
+    subsolid_extent,
+)
 from lungvlm.clinical.brock import brock_logit, malignancy_probability
 from lungvlm.clinical.emphysema import (
     EMPHYSEMA_LAA_THRESHOLD_HU,
@@ -10,6 +17,7 @@ from lungvlm.clinical.emphysema import (
 )
 from lungvlm.clinical.growth import (
     growth_status,
+    growth_status_volumetric,
     is_lungrads_growth,
     volume_after_days,
     volume_doubling_time_days,
@@ -32,6 +40,12 @@ from lungvlm.clinical.measure import (
 )
 
 __all__ = [
+    "AttenuationMeasurement",
+    "HUMeasurement",
+    "classify_attenuation",
+    "growth_status_volumetric",
+    "measure_hu",
+    "subsolid_extent",
     "EMPHYSEMA_LAA_THRESHOLD_HU",
     "LUNG_WINDOW",
     "MANAGEMENT",

@@ -100,6 +100,87 @@ def growth_status(prev_mm: float, curr_mm: float, interval_months: float) -> str
     return "stable"
 
 
+#: Volumetric growth also needs the volume to change by more than this fraction. Project choice
+#: (the reference gives no volumetric threshold): a margin above repeat-scan volume noise, which
+#: a one-voxel change of a small nodule's outline already makes large.
+VOLUME_NOISE_FRACTION: float = 0.25
+
+
+def volume_implied_diameter_mm(
+    prev_mean_diameter_mm: float, prev_volume_mm3: float, curr_volume_mm3: float
+) -> float:
+    """Current mean diameter (mm) implied by the volume change at constant shape.
+
+    A nodule that keeps its shape scales every length by ``(V2 / V1) ** (1/3)``, so its mean
+    diameter becomes ``D1 (V2 / V1) ** (1/3)`` (the sphere relation V ∝ D³ of
+    ``reference/risk-models.md``, applied to the measured Lung-RADS mean diameter).
+
+    Raises:
+        ValueError: if a diameter or volume is not positive and finite.
+    """
+    d1 = _positive("prev_mean_diameter_mm", prev_mean_diameter_mm, "mm")
+    v1 = _positive("prev_volume_mm3", prev_volume_mm3, "mm³")
+    v2 = _positive("curr_volume_mm3", curr_volume_mm3, "mm³")
+    return d1 * (v2 / v1) ** (1.0 / 3.0)
+
+
+def growth_status_volumetric(
+    prev_mean_diameter_mm: float,
+    curr_mean_diameter_mm: float,
+    prev_volume_mm3: float,
+    curr_volume_mm3: float,
+    interval_months: float,
+    volume_noise_fraction: float = VOLUME_NOISE_FRACTION,
+) -> str:
+    """ "growing", "stable" or "smaller" from both the mean diameters and the volumes.
+
+    Volume is more reproducible than a diameter read on one slice, but Lung-RADS v2022 defines
+    growth by the mean diameter (>1.5 mm within 12 months, ``reference/lung-rads.md``). Rule:
+
+    - "growing": the diameter rule holds (:func:`growth_status` says "growing"), or the volume
+      change implies it (:func:`volume_implied_diameter_mm` is more than 1.5 mm above the prior
+      mean diameter, both rounded to 0.1 mm) **and** the volume grew by more than
+      ``volume_noise_fraction``. The second arm is a project choice: it catches growth that
+      the diameter of one axial slice misses, at the same 1.5 mm amount, never a smaller one.
+    - "smaller": symmetric (diameter decrease >1.5 mm, or implied decrease >1.5 mm with the
+      volume down by more than the noise fraction); project choice, as in
+      :func:`growth_status`. A nodule that meets both "growing" and "smaller" arms is
+      "stable" (contradictory evidence).
+    - "stable": anything else.
+
+    As in :func:`growth_status`, a longer interval than 12 months with the same increase is still
+    "growing" (project choice); :func:`is_lungrads_growth` tells whether the 12-month rule holds.
+
+    Args:
+        prev_mean_diameter_mm: Mean diameter on the prior CT (mm), > 0.
+        curr_mean_diameter_mm: Mean diameter on the current CT (mm), > 0.
+        prev_volume_mm3: Volume on the prior CT (mm³), > 0.
+        curr_volume_mm3: Volume on the current CT (mm³), > 0.
+        interval_months: Time between the two CTs (months), > 0.
+        volume_noise_fraction: Relative volume change (>= 0) that measurement noise can explain.
+
+    Raises:
+        ValueError: if a diameter, volume or the interval is not positive and finite, or
+            ``volume_noise_fraction`` is negative.
+    """
+    by_diameter = growth_status(prev_mean_diameter_mm, curr_mean_diameter_mm, interval_months)
+    implied = volume_implied_diameter_mm(prev_mean_diameter_mm, prev_volume_mm3, curr_volume_mm3)
+    if not (math.isfinite(volume_noise_fraction) and volume_noise_fraction >= 0):
+        raise ValueError(
+            f"volume_noise_fraction={volume_noise_fraction!r} must be a non-negative fraction"
+        )
+    ratio = curr_volume_mm3 / prev_volume_mm3
+    threshold = Decimal(repr(LUNGRADS_GROWTH_MM))
+    change = _change_mm(prev_mean_diameter_mm, implied)
+    grows = by_diameter == "growing" or (change > threshold and ratio > 1 + volume_noise_fraction)
+    shrinks = by_diameter == "smaller" or (
+        change < -threshold and ratio < 1 / (1 + volume_noise_fraction)
+    )
+    if grows == shrinks:
+        return "stable"
+    return "growing" if grows else "smaller"
+
+
 def volume_doubling_time_days(
     volume1_mm3: float, volume2_mm3: float, interval_days: float
 ) -> float:

@@ -12,8 +12,10 @@
    between current centres and mapped prior centres (mm); a pair is allowed only when the
    distance is at most ``max_distance_mm`` (default 10 mm) plus the larger of the two radii
    (project choice: a large nodule's centre may move more than a small one's).
-3. Per current nodule: "new" when unmatched, else :func:`lungvlm.clinical.growth.growth_status`
-   ("growing" / "stable" / "smaller") with the diameter change, the VDT
+3. Per current nodule: "new" when unmatched, else
+   :func:`lungvlm.clinical.growth.growth_status_volumetric` ("growing" / "stable" / "smaller":
+   the Lung-RADS mean-diameter rule, or the same 1.5 mm amount implied by the volume change
+   when the volume changed beyond measurement noise) with the diameter change, the VDT
    (:func:`~lungvlm.clinical.growth.volume_doubling_time_days`; None when the volume did not
    change) and whether the Lung-RADS growth rule applies
    (:func:`~lungvlm.clinical.growth.is_lungrads_growth`). Unmatched prior nodules are
@@ -34,7 +36,11 @@ import SimpleITK as sitk
 from numpy.typing import ArrayLike
 from scipy.optimize import linear_sum_assignment
 
-from lungvlm.clinical.growth import growth_status, is_lungrads_growth, volume_doubling_time_days
+from lungvlm.clinical.growth import (
+    growth_status_volumetric,
+    is_lungrads_growth,
+    volume_doubling_time_days,
+)
 
 #: Average month (days): 365.25 / 12.
 DAYS_PER_MONTH: float = 30.4375
@@ -233,7 +239,13 @@ def compare_nodules(
             NoduleComparison(
                 current_index=i,
                 prior_index=j,
-                status=growth_status(prior.mean_diameter_mm, nodule.mean_diameter_mm, months),
+                status=growth_status_volumetric(
+                    prior.mean_diameter_mm,
+                    nodule.mean_diameter_mm,
+                    prior.volume_mm3,
+                    nodule.volume_mm3,
+                    months,
+                ),
                 distance_mm=dist,
                 prior_mean_diameter_mm=prior.mean_diameter_mm,
                 prior_volume_mm3=prior.volume_mm3,

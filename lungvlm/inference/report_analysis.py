@@ -11,15 +11,24 @@ through the stage-3 heads (:mod:`lungvlm.inference.nodule_heads`).
 Which source wins (project conventions):
 
 - **Size, volume, centre**: always the segmentation's measurements
-  (:func:`lungvlm.clinical.measure.measure_nodule` on the prepared grid); numbers in the
-  generated text are kept only in the sentences, never in the structured JSON.
-- **Attenuation, margin, calcification, shape, pleural relation, fat, side, lobe**: the generated
-  findings read back with :func:`lungvlm.text.parser.parse_report`. An attenuation the text
-  does not state falls back to the concept head's texture rating (LIDC texture 1-2 non-solid ->
-  ground glass, 3 part-solid, 4-5 solid; ``reference/lidc-idri.md``) and the case is flagged.
-- **Solid component** (part-solid): the stated solid size scaled by measured / stated total
-  size and capped at the measured total; none stated -> the measured total (the conservative
-  upper bound) and the case is flagged.
+  (:func:`lungvlm.clinical.measure.measure_nodule` on the prepared grid), except that a
+  subsolid nodule is measured on its mask grown into the surrounding ground glass
+  (:func:`lungvlm.clinical.attenuation.measure_hu`; the segmentation may hold only the solid
+  core); numbers in the generated text are kept only in the sentences, never in the
+  structured JSON.
+- **Attenuation and solid component**: measured on the image, from the HU inside the
+  (extended) mask (:func:`lungvlm.clinical.attenuation.classify_attenuation`; HU = the prepared
+  image de-normalised). The generated text (else the concept head) is secondary evidence: when
+  it disagrees, the case is flagged. Only when the mask holds no tissue (median HU below
+  :data:`lungvlm.clinical.attenuation.MIN_MEASURABLE_HU`) does the text decide, as below.
+- **Margin, calcification, shape, pleural relation, fat, side, lobe** (and attenuation without
+  an image measurement): the generated findings read back with
+  :func:`lungvlm.text.parser.parse_report`. An attenuation the text does not state falls back
+  to the concept head's texture rating (LIDC texture 1-2 non-solid -> ground glass, 3
+  part-solid, 4-5 solid; ``reference/lidc-idri.md``) and the case is flagged. A part-solid
+  solid component without an image measurement: the stated solid size scaled by measured /
+  stated total size and capped at the measured total; none stated -> the measured total (the
+  conservative upper bound) and the case is flagged.
 - **Lung-RADS category**: :func:`lungvlm.clinical.lungrads.categorize` on the measured size and
   the attributes above, with status "baseline" or the prior comparison's
   (:mod:`lungvlm.inference.prior`); benign calcification = central/diffuse/popcorn/laminated;
@@ -61,13 +70,22 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import ndimage
 
+from lungvlm.clinical.attenuation import (
+    BACKGROUND_SHELL_MM,
+    MAX_GROWTH_MM,
+    HUMeasurement,
+    measure_hu,
+)
 from lungvlm.clinical.emphysema import emphysema_severity, laa950_percent
+from lungvlm.clinical.hu import denormalize_hu
 from lungvlm.imaging.volume import affine_lps
 from lungvlm.inference.cascade import segment_scan_cascade
 from lungvlm.inference.nodule_heads import NoduleHeadOutput, run_nodule_heads
 from lungvlm.inference.prior import MeasuredNodule
 from lungvlm.inference.scan import (
+    DetectedNodule,
     PreparedScan,
     ScanSegmentation,
     prepare_scan,
@@ -92,6 +110,9 @@ LUNGRADS_PROBABILITY_MARGIN = 0.1
 MALIGNANCY_BAND_EDGES: tuple[float, ...] = (0.01, 0.02, 0.05, 0.15)
 MALIGNANCY_RELATIVE_MARGIN = 0.2
 DEFAULT_CROP_SIZE_VOX = 32
+#: Context (mm) around a nodule mask for its HU measurement: the largest ground-glass growth
+#: plus the lung shell behind it (:mod:`lungvlm.clinical.attenuation`).
+HU_CROP_MARGIN_MM = MAX_GROWTH_MM + BACKGROUND_SHELL_MM[1] + 2.0
 
 
 @dataclass
@@ -204,6 +225,14 @@ class ScanAnalysis:
     n_unconfirmed: int = 0
     n_below_threshold: int = 0
     candidate_threshold: float | None = None
+    hu: list[HUMeasurement] | None = field(default=None, repr=False)
+
+    def hu_measurements(self) -> list[HUMeasurement]:
+        """Per instance (same order), full extent, size and attenuation from the HU
+        (:func:`measure_instances_hu`); computed on first use."""
+        if self.hu is None:
+            self.hu = measure_instances_hu(self.segmentation)
+        return self.hu
 
     @property
     def emphysema_grade(self) -> str | None:
@@ -211,11 +240,52 @@ class ScanAnalysis:
         return None if self.laa950_percent is None else emphysema_severity(self.laa950_percent)
 
     def measured_nodules(self) -> list[MeasuredNodule]:
-        """Centres, diameters and volumes of the instances (for prior comparison)."""
-        return [
-            MeasuredNodule(n.centroid_world_mm, n.mean_diameter_mm, n.volume_mm3)
-            for n in self.segmentation.instances
-        ]
+        """Centres, diameters and volumes of the instances (for prior comparison); subsolid
+        nodules are measured on their extended masks."""
+        return measured_nodules(self.segmentation.instances, self.hu_measurements())
+
+
+def instance_size(instance: DetectedNodule, hu: HUMeasurement) -> tuple[float, float, float, float]:
+    """(mean diameter, volume, long axis, short axis) in mm / mm³ of an instance: measured on the
+    extended mask when the HU grew it into ground glass, else the segmentation's."""
+    if hu.extended:
+        size = hu.size
+        return size.mean_diameter_mm, size.volume_mm3, size.long_axis_mm, size.short_axis_mm
+    n = instance
+    return n.mean_diameter_mm, n.volume_mm3, n.long_axis_mm, n.short_axis_mm
+
+
+def measured_nodules(
+    instances: Sequence[DetectedNodule], hu: Sequence[HUMeasurement]
+) -> list[MeasuredNodule]:
+    """:class:`MeasuredNodule` of each instance with its :func:`instance_size`."""
+    out = []
+    for n, m in zip(instances, hu, strict=True):
+        diameter, volume, _, _ = instance_size(n, m)
+        out.append(MeasuredNodule(n.centroid_world_mm, diameter, volume))
+    return out
+
+
+def measure_instances_hu(segmentation: ScanSegmentation) -> list[HUMeasurement]:
+    """:func:`lungvlm.clinical.attenuation.measure_hu` of every instance, on a crop of the
+    prepared grid (HU = the prepared image de-normalised with its ``normalization``; values
+    outside its clip range are clipped, which no decision here depends on) with
+    :data:`HU_CROP_MARGIN_MM` of context around the instance's mask."""
+    prepared, labels = segmentation.prepared, segmentation.labels
+    boxes = ndimage.find_objects(labels)
+    pad = np.ceil(HU_CROP_MARGIN_MM / np.asarray(prepared.spacing_mm)).astype(int)
+    out = []
+    for instance in segmentation.instances:
+        found = boxes[instance.label - 1] if instance.label <= len(boxes) else None
+        if found is None:
+            raise ValueError(f"instance {instance.label} has no voxel in the label map")
+        box = tuple(
+            slice(max(0, s.start - p), min(n, s.stop + p))
+            for s, p, n in zip(found, pad, labels.shape, strict=True)
+        )
+        hu = denormalize_hu(prepared.image[box], **prepared.normalization)
+        out.append(measure_hu(labels[box] == instance.label, hu, prepared.spacing_mm))
+    return out
 
 
 def segment_volume(
@@ -327,10 +397,14 @@ def analyse_scan(
         if n_unconfirmed:
             log.info("%d of %d segmentation candidates not confirmed by their findings: dropped",
                      n_unconfirmed, n_unconfirmed + len(keep))  # fmt: skip
-    return ScanAnalysis(
+    analysis = ScanAnalysis(
         prepared, segmentation, heads, laa, timings, n_unconfirmed, n_below,
         rm.settings.candidate_threshold,
     )  # fmt: skip
+    start = time.perf_counter()
+    analysis.hu_measurements()
+    timings["hu_measurement"] = time.perf_counter() - start
+    return analysis
 
 
 def rank_nodules(analysis: ScanAnalysis) -> list[int]:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import lungvlm
+from lungvlm.clinical.attenuation import AttenuationMeasurement
 from lungvlm.clinical.lungrads import LungRADSResult, categorize, categorize_exam
 from lungvlm.export.schema import (
     Comparison,
@@ -24,7 +25,12 @@ from lungvlm.export.schema import (
 )
 from lungvlm.inference.nodule_heads import NoduleHeadOutput
 from lungvlm.inference.prior import NoduleComparison
-from lungvlm.inference.report_analysis import ReportModel, ScanAnalysis, needs_review_reasons
+from lungvlm.inference.report_analysis import (
+    ReportModel,
+    ScanAnalysis,
+    instance_size,
+    needs_review_reasons,
+)
 from lungvlm.text.parser import ParsedNodule, parse_nodule_text, parse_report
 
 #: Lung-RADS benign calcification patterns (``lungvlm.text.vocabulary.CALCIFICATIONS``).
@@ -56,17 +62,40 @@ class NoduleFindings:
     reasons: list[str] = field(default_factory=list)
 
 
-def nodule_findings(index: int, head: NoduleHeadOutput, mean_diameter_mm: float) -> NoduleFindings:
-    """Read the generated text, fall back where it states nothing, and scale the solid part."""
+def _words(attenuation: str) -> str:
+    return attenuation.replace("_", "-")
+
+
+def nodule_findings(
+    index: int,
+    head: NoduleHeadOutput,
+    mean_diameter_mm: float,
+    measured: AttenuationMeasurement | None = None,
+) -> NoduleFindings:
+    """Attributes of one nodule: attenuation and solid component from the image when measured,
+    the rest from the generated text (fallbacks in :mod:`lungvlm.inference.report_analysis`).
+
+    Args:
+        index: the nodule's report index (1-based), for the review reasons.
+        head: the nodule's head outputs (generated text, concept ratings).
+        mean_diameter_mm: the measured total mean diameter (mm).
+        measured: attenuation and solid component (mm) from the HU inside the nodule's
+            (extended) mask (:func:`lungvlm.clinical.attenuation.measure_hu`); None when the
+            image gave none, and the text (then the concept head) decides.
+    """
     nodules = parse_report(head.text).nodules
     parsed = nodules[0] if nodules else parse_nodule_text(head.text)
+    if parsed.lobe == "middle" and parsed.side == "left":
+        parsed.lobe = None
+    if measured is not None:
+        return _image_findings(index, head, parsed, mean_diameter_mm, measured)
     reasons = []
     attenuation = parsed.attenuation
     if attenuation is None:
         attenuation = texture_attenuation(head.concepts["texture"])
         reasons.append(
             f"nodule {index}: attenuation not stated by the generated text; "
-            f"{attenuation.replace('_', '-')} taken from the concept head"
+            f"{_words(attenuation)} taken from the concept head"
         )
     solid = None
     if attenuation == "part_solid":
@@ -80,8 +109,31 @@ def nodule_findings(index: int, head: NoduleHeadOutput, mean_diameter_mm: float)
         else:
             scale = mean_diameter_mm / total if total else 1.0
             solid = min(mean_diameter_mm, stated * scale)
-    if parsed.lobe == "middle" and parsed.side == "left":
-        parsed.lobe = None
+    return NoduleFindings(attenuation, solid, parsed, reasons)
+
+
+def _image_findings(
+    index: int,
+    head: NoduleHeadOutput,
+    parsed: ParsedNodule,
+    mean_diameter_mm: float,
+    measured: AttenuationMeasurement,
+) -> NoduleFindings:
+    """Image measurement first; the text (else the concept head) is checked against it."""
+    attenuation = measured.attenuation
+    solid = None
+    if attenuation == "part_solid":
+        solid = min(mean_diameter_mm, measured.solid_component_mm)
+    if parsed.attenuation is not None:
+        other, source = parsed.attenuation, "the generated text"
+    else:
+        other, source = texture_attenuation(head.concepts["texture"]), "the concept head"
+    reasons = []
+    if other != attenuation:
+        reasons.append(
+            f"nodule {index}: the image measures {_words(attenuation)} (HU inside the nodule) "
+            f"but {source} says {_words(other)}; the image measurement is used"
+        )
     return NoduleFindings(attenuation, solid, parsed, reasons)
 
 
@@ -143,10 +195,12 @@ def assemble_report(
     nodules, results, reasons = [], [], []
     for rank, position in enumerate(order, start=1):
         inst, head = analysis.segmentation.instances[position], analysis.heads[position]
-        findings = nodule_findings(rank, head, inst.mean_diameter_mm)
+        hu = analysis.hu_measurements()[position]
+        diameter, volume, long_axis, short_axis = instance_size(inst, hu)
+        findings = nodule_findings(rank, head, diameter, hu.attenuation)
         comp = by_current.get(position)
         status = "baseline" if comparisons is None or comp is None else comp.lungrads_status
-        result = lungrads_for(findings, inst.mean_diameter_mm, status)
+        result = lungrads_for(findings, diameter, status)
         results.append(result)
         reasons += needs_review_reasons(rank, head, threshold) + findings.reasons
         p = findings.parsed
@@ -155,10 +209,10 @@ def assemble_report(
                 index=rank,
                 centroid_world_lps_mm=inst.centroid_world_mm,
                 centroid_voxel_zyx=inst.centroid_original_vox,
-                long_axis_mm=inst.long_axis_mm,
-                short_axis_mm=min(inst.short_axis_mm, inst.long_axis_mm),
-                mean_diameter_mm=inst.mean_diameter_mm,
-                volume_mm3=inst.volume_mm3,
+                long_axis_mm=long_axis,
+                short_axis_mm=min(short_axis, long_axis),
+                mean_diameter_mm=diameter,
+                volume_mm3=volume,
                 attenuation=findings.attenuation,
                 malignancy_probability=head.malignancy_probability,
                 lungrads_category=result.category,

@@ -39,6 +39,8 @@ from lungvlm.inference.report_analysis import (
     ScanAnalysis,
     analyse_scan,
     confirms_by_text,
+    measure_instances_hu,
+    measured_nodules,
     rank_nodules,
     ranked_label_map,
     segment_volume,
@@ -90,14 +92,11 @@ def compare_prior(
     """
     if confirms_by_text(rm, confirm):
         analysis = analyse_scan(rm, prior.volume, prior.lung_mask, cascade, confirm=True)
-        segmentation = analysis.segmentation
+        nodules = analysis.measured_nodules()
     else:
         _, segmentation, _ = segment_volume(rm, prior.volume, prior.lung_mask, cascade)
         segmentation, _ = threshold_candidates(rm, segmentation)
-    nodules = [
-        MeasuredNodule(n.centroid_world_mm, n.mean_diameter_mm, n.volume_mm3)
-        for n in segmentation.instances
-    ]
+        nodules = measured_nodules(segmentation.instances, measure_instances_hu(segmentation))
     try:
         comparisons, _ = compare_with_prior(
             current, nodules, _lung_image(current_volume, current_lungs),

@@ -1,17 +1,30 @@
 """``lungvlm evaluate``: whole-scan evaluation of a checkpoint on phantom chests, or inference on
 one scan (DICOM folder, NIfTI or MetaImage) without a reference.
 
-Phantom scans are whole
-chests from :func:`data_modules.phantom.generate_case`; the default seeds 2,000,000..2,000,003
-lie in the test range of ``PhantomDataModule`` (``SPLIT_OFFSETS["test"]`` with data seed 0),
-disjoint from the training seeds. Reference nodules are the phantom's label map and each
-nodule's measured Lung-RADS mean diameter (the LUNA16 hit radius is half of it).
+Phantom scans are whole chests from :func:`data_modules.phantom.generate_case`; the default
+seeds 2,000,000..2,000,019 (:data:`DEFAULT_N_SEEDS`) lie in the test range of
+``PhantomDataModule`` (``SPLIT_OFFSETS["test"]`` with data seed 0), disjoint from the training
+and validation seeds. Reference nodules are the phantom's label map and each nodule's measured
+Lung-RADS mean diameter (the LUNA16 hit radius is half of it). Every chest carries its scanner
+profile, so the figures are also given for the thick-slice low-dose chests and the rest
+(:mod:`lungvlm.evaluation.subsets`).
+
+The operating point (sensitivity, sensitivity >= 6 mm, FPs/scan) is at the checkpoint's
+calibrated candidate threshold (``lungvlm calibrate --detection``) when it has one, else at the
+segmentation probability threshold; the summary names the one used. Window size, spacing and
+context scale default to the checkpoint's training data, as in ``lungvlm calibrate``.
+
+Outputs with ``--out``: ``OUT/evaluation.json`` (summary, settings, every chest),
+``OUT/evaluation.md`` and one ``OUT/chests/<case>.json`` per finished chest, all written
+atomically. Resume: a chest whose file holds the same settings (checkpoint file and
+modification time, size, segmentation settings) is not segmented again.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,10 +32,14 @@ from typing import TYPE_CHECKING
 from lungvlm.commands.options import add_ckpt, add_device, add_phantom_size, add_progress
 
 if TYPE_CHECKING:
-    from lungvlm.evaluation.detection import EvaluationResult, EvaluationScan
+    from lungvlm.evaluation.detection import EvaluationResult, EvaluationScan, ScanEvaluation
 
-#: Phantom chests evaluated by default: the first four seeds of the test split.
-DEFAULT_N_SEEDS = 4
+log = logging.getLogger(__name__)
+
+#: Phantom chests evaluated by default: the first twenty seeds of the test split (issue 15).
+DEFAULT_N_SEEDS = 20
+#: Folder of the per-chest records under ``--out``.
+CHEST_DIR = "chests"
 
 
 def default_seeds() -> str:
@@ -40,8 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="whole-scan segmentation, detection FROC/CPM and Dice of a checkpoint",
         description=(
             "Segment whole phantom chests (seeds START:STOP, STOP excluded) and report per-nodule "
-            "Dice, sensitivity, false positives per scan and the LUNA16 FROC/CPM; or, with "
-            "a SCAN, list the nodules found in one CT (no reference)."
+            "Dice, sensitivity, false positives per scan and the LUNA16 FROC/CPM, for all chests "
+            "and for the thick-slice low-dose ones against the rest; or, with a SCAN, list the "
+            "nodules found in one CT (no reference)."
         ),
     )
     parser.add_argument(
@@ -52,16 +70,27 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_ckpt(parser, "stage-2 ('segment') or stage-3 checkpoint")
     parser.add_argument(
         "--phantom-seeds", default=None,
-        help="phantom chests START:STOP, STOP excluded (default: the first 4 test-split seeds)",
+        help=f"phantom chests START:STOP, STOP excluded (default: the first {DEFAULT_N_SEEDS} "
+        "test-split seeds)",
     )  # fmt: skip
     add_phantom_size(parser)
-    parser.add_argument("--out", type=Path, help="write OUT/evaluation.json")
+    parser.add_argument(
+        "--out", type=Path,
+        help="write OUT/evaluation.json, OUT/evaluation.md and OUT/chests/ (resumable)",
+    )  # fmt: skip
     parser.add_argument("--cascade", action="store_true", help="low-resolution triage first")
-    parser.add_argument("--target-spacing", type=float, default=1.0, help="model spacing, mm")
-    parser.add_argument("--roi", type=int, default=32, help="window size (training crop), vox")
+    parser.add_argument("--target-spacing", type=float, default=None,
+                        help="model spacing, mm (default: the checkpoint's training spacing)")  # fmt: skip
+    parser.add_argument("--roi", type=int, default=None,
+                        help="window size, vox (default: the checkpoint's training crop)")  # fmt: skip
     parser.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
     parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold")
+    parser.add_argument(
+        "--candidate-threshold", type=float, default=None,
+        help="operating-point candidate threshold (default: the checkpoint's calibrated one; "
+        "without one, every instance above --threshold counts)",
+    )  # fmt: skip
     parser.add_argument("--no-lung-mask", action="store_true", help="segment the whole volume")
     add_device(parser)
     add_progress(parser)
@@ -80,52 +109,117 @@ def parse_seeds(text: str) -> range:
     return range(start, stop)
 
 
-def phantom_scans(seeds: range, size: str, with_lung_mask: bool) -> Iterator[EvaluationScan]:
-    """Render whole phantom chests one at a time as evaluation rows.
+def phantom_profile(seed: int, size: str = "default") -> dict:
+    """The scanner profile of phantom chest ``seed``, drawn as
+    :func:`data_modules.phantom.generate_case` draws it (geometry -> field of view -> profile),
+    without rendering the chest (a test checks both agree)."""
+    import numpy as np
 
-    The chests come from :func:`data_modules.phantom_datamodule.phantom_chest`, the same
+    from data_modules.phantom import PhantomConfig
+    from data_modules.phantom.anatomy import draw_geometry
+    from data_modules.phantom.scanner import draw_profile
+
+    config = PhantomConfig.tiny() if size == "tiny" else PhantomConfig()
+    geometry = draw_geometry(
+        np.random.default_rng([seed, 2]), seed, config.z_extent_mm, -config.z_extent_mm
+    )
+    fov = 2.0 * geometry.half_width_mm / float(np.random.default_rng([seed, 5]).uniform(0.8, 0.92))
+    return draw_profile(np.random.default_rng([seed, 1]), fov_mm=fov).to_dict()
+
+
+def phantom_scan(seed: int, size: str, with_lung_mask: bool) -> EvaluationScan:
+    """Render whole phantom chest ``seed`` as an evaluation row with its scanner profile.
+
+    The chest comes from :func:`data_modules.phantom_datamodule.phantom_chest`, the same
     rendering and label renumbering as whole-scan validation during training.
     """
     from data_modules.phantom_datamodule import phantom_chest
     from lungvlm.evaluation.detection import EvaluationScan
+    from lungvlm.evaluation.subsets import profile_record
 
+    chest = phantom_chest(seed, size, with_lung_mask=with_lung_mask)
+    return EvaluationScan(
+        chest.case_id, chest.image_hu, chest.spacing_mm, chest.origin_lps_mm,
+        chest.nodule_labels, list(chest.nodule_diameters_mm), chest.lung_mask,
+        profile_record(phantom_profile(seed, size)),
+    )  # fmt: skip
+
+
+def phantom_scans(seeds: range, size: str, with_lung_mask: bool) -> Iterator[EvaluationScan]:
+    """:func:`phantom_scan` of each seed, one at a time."""
     for seed in seeds:
-        chest = phantom_chest(seed, size, with_lung_mask=with_lung_mask)
-        yield EvaluationScan(
-            chest.case_id, chest.image_hu, chest.spacing_mm, chest.origin_lps_mm,
-            chest.nodule_labels, list(chest.nodule_diameters_mm), chest.lung_mask,
-        )  # fmt: skip
+        yield phantom_scan(seed, size, with_lung_mask)
 
 
-def format_table(result: EvaluationResult) -> str:
-    """Per-scan rows and a summary line, as plain text."""
-    import numpy as np
+def _fmt(value, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
 
-    rows = [
-        f"{'scan':<18}{'nodules':>8}{'found':>7}{'FPs':>5}{'Dice':>7}{'windows':>9}{'seconds':>9}"
-    ]
-    for s in result.scans:
-        dice = f"{np.mean(s.dice):.3f}" if s.dice else "-"
-        seconds = sum(s.timings_s.values())
-        rows.append(
-            f"{s.scan_id:<18}{len(s.dice):>8}{sum(s.detected):>7}{s.n_false_positives:>5}"
-            f"{dice:>7}{s.windows_fraction:>9.2f}{seconds:>9.1f}"
-        )
-    summary = result.to_dict()["summary"]
 
-    def fmt(value):
-        return "-" if value is None else f"{value:.3f}"
+#: Rows of the subset table: (summary key, label, format, difference in points).
+_SUBSET_ROWS: tuple[tuple[str, str, str, bool], ...] = (
+    ("n_scans", "chests", "d", False),
+    ("n_nodules", "reference nodules", "d", False),
+    ("cpm", "CPM", ".3f", True),
+    *((f"sensitivity_at_{k}_fps", f"sensitivity at {k} FPs/scan", ".3f", True)
+      for k in ("0.125", "0.25", "0.5", "1.0", "2.0", "4.0", "8.0")),
+    ("sensitivity", "sensitivity at the operating point", ".3f", True),
+    ("sensitivity_ge_6mm", "sensitivity >= 6 mm at the operating point", ".3f", True),
+    ("fps_per_scan", "FPs/scan at the operating point", ".2f", False),
+)  # fmt: skip
 
-    rows.append(
-        f"sensitivity {fmt(summary['sensitivity'])}  FPs/scan {summary['fps_per_scan']:.2f}  "
-        f"mean Dice {fmt(summary['mean_dice'])}  CPM {fmt(summary['cpm'])}"
+
+def operating_point_text(summary: dict) -> str:
+    """Which threshold the operating point used, in words."""
+    point = summary["operating_point"]
+    if point["kind"] == "candidate_threshold":
+        return f"candidate threshold {point['candidate_threshold']:.4g} (calibrated)"
+    return (
+        f"segmentation probability threshold {point['probability_threshold']:g} "
+        "(no calibrated candidate threshold)"
     )
-    if summary["sensitivity_at_fps"]:
-        rows.append(
-            "sensitivity at FPs/scan: "
-            + "  ".join(f"{k}: {v:.3f}" for k, v in summary["sensitivity_at_fps"].items())
+
+
+def format_markdown(data: dict) -> str:
+    """Markdown of an evaluation: the subset table, step seconds and one line per chest."""
+    from lungvlm.evaluation.detection import ScanEvaluation
+    from lungvlm.evaluation.operating_point import scan_operating_point
+    from lungvlm.evaluation.subsets import LOW_DOSE_MAX_MAS, THICK_SLICE_MIN_MM
+
+    summary, subsets = data["summary"], data["summary"]["subsets"]
+    diff = subsets["thick_low_dose_minus_rest"]
+    lines = ["# Whole-chest detection on phantom chests", "",
+             f"Checkpoint `{data.get('checkpoint')}`; {summary['n_scans']} chest(s), "
+             f"{summary['n_nodules']} reference nodule(s); mean Dice "
+             f"{_fmt(summary['mean_dice'])}.", "",
+             f"Operating point: {operating_point_text(summary)}.", "",
+             f"thick/low-dose: slice thickness >= {THICK_SLICE_MIN_MM:g} mm and <= "
+             f"{LOW_DOSE_MAX_MAS:g} mAs; difference = thick/low-dose - rest, in percentage "
+             "points.", "",
+             "| figure | all | thick/low-dose | rest | difference (points) |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for key, label, spec, points in _SUBSET_ROWS:
+        cells = [_fmt(subsets[name][key], spec) for name in ("all", "thick_low_dose", "rest")]
+        d = _fmt(diff[key]["points"], "+.1f") if points else ""
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {d} |")
+    lines += ["", "## Seconds per chest", "", "| step | mean s |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in summary["seconds_per_scan"].items()]
+    total = sum(summary["seconds_per_scan"].values())
+    lines += [f"| total | {total:.2f} |", "", "## Chests", "",
+              "| chest | slice mm | mAs | kernel | nodules | found | FPs | Dice | seconds |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    threshold = summary["operating_point"]["candidate_threshold"]
+    for row in data["scans"]:
+        scan = ScanEvaluation.from_dict(row)
+        found, fps = scan_operating_point(scan, threshold)
+        profile = scan.profile or {}
+        dice = sum(scan.dice) / len(scan.dice) if scan.dice else None
+        lines.append(
+            f"| {scan.scan_id} | {_fmt(profile.get('slice_thickness_mm'), '.2f')} | "
+            f"{_fmt(profile.get('exposure_mas'), '.1f')} | {profile.get('kernel', '-')} | "
+            f"{len(found)} | {sum(found)} | {fps} | {_fmt(dice)} | "
+            f"{sum(scan.timings_s.values()):.1f} |"
         )
-    return "\n".join(rows)
+    return "\n".join(lines) + "\n"
 
 
 def _segment_one(model, args: argparse.Namespace) -> dict:
@@ -147,7 +241,7 @@ def _segment_one(model, args: argparse.Namespace) -> dict:
     segment = segment_scan_cascade if args.cascade else segment_scan
     seg = segment(
         model, prepared, args.roi, args.overlap, args.sw_batch_size, lung,
-        threshold=args.threshold,
+        context_scale=args.context_scale, threshold=args.threshold,
     )  # fmt: skip
     seg.timings_s["prepare"] = prepare_s
     print(f"{'#':>3}{'score':>7}{'diameter mm':>13}{'volume mm3':>12}  world (x, y, z) mm")
@@ -164,34 +258,111 @@ def _segment_one(model, args: argparse.Namespace) -> dict:
     }
 
 
+def _stored_chest(path: Path, settings: dict) -> ScanEvaluation | None:
+    """The stored evaluation of a finished chest with the same settings, else None."""
+    from lungvlm.evaluation.detection import ScanEvaluation
+
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("settings") != settings:
+            return None
+        return ScanEvaluation.from_dict(data["evaluation"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("%s is unreadable (%s); the chest is evaluated again", path, err)
+        return None
+
+
+def evaluate_phantoms(model, args: argparse.Namespace, settings: dict) -> EvaluationResult:
+    """Evaluate the phantom chests of ``args`` one at a time, storing and resuming each under
+    ``OUT/chests/`` when ``args.out`` is given."""
+    from lungvlm import progress as lungvlm_progress
+    from lungvlm.evaluation.detection import evaluate_scan, segmentation_settings, summarize
+    from lungvlm.export.writer import write_text_atomic
+
+    seeds = parse_seeds(args.phantom_seeds or default_seeds())
+    segment_kwargs = {"roi_size_vox": args.roi, "overlap": args.overlap,
+                      "sw_batch_size": args.sw_batch_size, "context_scale": args.context_scale}  # fmt: skip
+    evaluations, n_resumed = [], 0
+    lungvlm_progress.update("phantom chests", 0, len(seeds))
+    for index, seed in enumerate(seeds):
+        path = None if args.out is None else args.out / CHEST_DIR / f"phantom-{seed}.json"
+        evaluation = None if path is None else _stored_chest(path, settings)
+        resumed = evaluation is not None
+        if evaluation is None:
+            scan = phantom_scan(seed, args.phantom_size, not args.no_lung_mask)
+            evaluation = evaluate_scan(
+                model, scan, args.target_spacing, args.threshold, args.cascade, **segment_kwargs
+            )
+            if path is not None:
+                record = {"settings": settings, "evaluation": evaluation.to_dict()}
+                write_text_atomic(path, json.dumps(record, indent=2))
+        n_resumed += resumed
+        log.info("phantom-%d: %s", seed, "resumed" if resumed else "evaluated")
+        evaluations.append(evaluation)
+        lungvlm_progress.update("phantom chests", index + 1, len(seeds))
+    result = summarize(
+        evaluations, args.threshold,
+        segmentation_settings(args.target_spacing, args.cascade, **segment_kwargs),
+        args.candidate_threshold,
+    )  # fmt: skip
+    result.settings["n_resumed"] = n_resumed
+    return result
+
+
+def _resolve_settings(args: argparse.Namespace, checkpoint: dict) -> None:
+    """Fill the window size, spacing, context scale and candidate threshold from the
+    checkpoint where the command line left them out."""
+    from lungvlm.inference.report_analysis import settings_from_checkpoint
+
+    s = settings_from_checkpoint(checkpoint)
+    args.roi = s.crop_size_vox if args.roi is None else args.roi
+    args.target_spacing = s.spacing_mm if args.target_spacing is None else args.target_spacing
+    args.context_scale = s.context_scale
+    if args.candidate_threshold is None:
+        args.candidate_threshold = s.candidate_threshold
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``lungvlm evaluate``; returns the exit code."""
     from lungvlm.commands.options import resolve_device
     from lungvlm.commands.progress import progress_bars
-    from lungvlm.evaluation.detection import evaluate_scans
     from lungvlm.export.writer import write_text_atomic
-    from lungvlm.lightning.checkpoint import load_model
+    from lungvlm.lightning.checkpoint import load_model, read_checkpoint
 
-    model = load_model(args.ckpt, map_location=resolve_device(args.device))
-    settings = {"roi_size_vox": args.roi, "overlap": args.overlap}
-    if args.scan is not None:
-        if args.phantom_seeds is not None:
-            raise ValueError("give a SCAN or --phantom-seeds, not both")
+    if args.scan is not None and args.phantom_seeds is not None:
+        raise ValueError("give a SCAN or --phantom-seeds, not both")
+    seeds = None if args.scan is not None else parse_seeds(args.phantom_seeds or default_seeds())
+    try:
+        checkpoint = read_checkpoint(args.ckpt)
+    except FileNotFoundError as err:
+        raise ValueError(f"checkpoint {args.ckpt} does not exist") from err
+    model = load_model(args.ckpt, map_location=resolve_device(args.device), checkpoint=checkpoint)
+    _resolve_settings(args, checkpoint)
+    if seeds is None:
         with progress_bars(args.progress):
             data = _segment_one(model, args)
-    else:
-        seeds = parse_seeds(args.phantom_seeds or default_seeds())
-        scans = phantom_scans(seeds, args.phantom_size, not args.no_lung_mask)
-        with progress_bars(args.progress):
-            result = evaluate_scans(
-                model, scans, args.target_spacing, args.threshold, args.cascade,
-                sw_batch_size=args.sw_batch_size, **settings,
-            )  # fmt: skip
-        print(format_table(result))
-        data = result.to_dict()
-    data["checkpoint"] = str(args.ckpt)
+        data["checkpoint"] = str(args.ckpt)
+        if args.out is not None:
+            write_text_atomic(args.out / "evaluation.json", json.dumps(data, indent=2))
+            print(f"wrote {args.out / 'evaluation.json'}")
+        return 0
+    settings = {
+        "checkpoint": str(Path(args.ckpt).resolve()),
+        "checkpoint_mtime_ns": Path(args.ckpt).stat().st_mtime_ns,
+        "size": args.phantom_size, "cascade": args.cascade, "roi_size_vox": args.roi,
+        "overlap": args.overlap, "target_spacing_mm": args.target_spacing,
+        "context_scale": args.context_scale, "threshold": args.threshold,
+        "lung_mask": not args.no_lung_mask,
+    }  # fmt: skip
+    with progress_bars(args.progress):
+        result = evaluate_phantoms(model, args, settings)
+    data = {**result.to_dict(), "checkpoint": str(args.ckpt)}
+    markdown = format_markdown(data)
+    print(markdown)
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.out / "evaluation.json", json.dumps(data, indent=2))
-        print(f"wrote {args.out / 'evaluation.json'}")
+        write_text_atomic(args.out / "evaluation.md", markdown)
+        print(f"wrote {args.out / 'evaluation.json'} and {args.out / 'evaluation.md'}")
     return 0

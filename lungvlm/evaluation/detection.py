@@ -14,27 +14,34 @@ Conventions (project choices, documented here):
   ``score``); it hits a reference nodule when the distance to the reference centre is below
   half the reference diameter (:func:`candidate_hits`). Reference centres
   are the centroids of the reference label map mapped to world mm. FROC and CPM come from
-  :func:`lungvlm.metrics.froc.froc` (1/8 ... 8 FPs per scan); sensitivity and FPs/scan at the
-  operating point count every instance above the threshold (duplicate hits on one nodule are
-  neither true nor false positives, as in LUNA16).
+  :func:`lungvlm.metrics.froc.froc` (1/8 ... 8 FPs per scan) over every instance.
+- Operating point (:func:`operating_point`): sensitivity, sensitivity for nodules >= 6 mm and
+  FPs/scan count the instances whose ranking score is at or above the checkpoint's calibrated
+  candidate threshold (what the report lists), or every instance above the segmentation
+  probability threshold when the checkpoint has none (duplicate hits on one nodule are neither
+  true nor false positives, as in LUNA16). The 6 mm bound applies to the reference mean
+  diameter rounded to 0.1 mm, as Lung-RADS reports it.
 - Operating threshold (:func:`operating_threshold`): on validation chests, the lowest
   candidate-probability threshold whose false positives per scan stay within a budget; the
   report lists the candidates at or above it (``lungvlm calibrate --detection``).
+- Scanner-profile subsets (:func:`subset_summary`): every figure on all scans, on the
+  thick-slice low-dose scans and on the rest (:mod:`lungvlm.evaluation.subsets`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 from scipy import ndimage
 from torch import nn
 
+from lungvlm.evaluation.operating_point import candidate_hits, operating_point, subset_summary
 from lungvlm.inference.cascade import segment_scan_cascade
 from lungvlm.inference.scan import ScanSegmentation, prepare_scan, segment_scan
 from lungvlm.metrics.froc import FROCResult, froc
@@ -52,6 +59,8 @@ class EvaluationScan(NamedTuple):
         gt_label_map: int (z, y, x) map, nodule ``i`` has value ``i`` (1-based), 0 elsewhere.
         gt_nodule_diameters_mm: diameter (mm) of nodules 1..N, in label order.
         lung_mask: optional boolean lung mask on the original grid.
+        profile: optional scanner profile (``slice_thickness_mm``, ``exposure_mas``, ``kernel``
+            ...), kept in the scan's evaluation for the subsets.
     """
 
     scan_id: str
@@ -61,11 +70,13 @@ class EvaluationScan(NamedTuple):
     gt_label_map: ArrayLike
     gt_nodule_diameters_mm: Sequence[float]
     lung_mask: ArrayLike | None = None
+    profile: Mapping | None = None
 
 
 @dataclass
 class ScanEvaluation:
-    """Per-scan numbers: Dice of each reference nodule, hits, instances and timings."""
+    """Per-scan numbers: Dice of each reference nodule, hits of every instance above the
+    probability threshold, instances, timings and the scanner profile (None if unknown)."""
 
     scan_id: str
     dice: list[float]
@@ -76,10 +87,19 @@ class ScanEvaluation:
     instances: list[dict]
     windows_fraction: float
     timings_s: dict[str, float]
+    profile: dict | None = None
 
     def to_dict(self) -> dict:
         """JSON-serialisable fields."""
         return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ScanEvaluation:
+        """The inverse of :meth:`to_dict` (a stored per-chest record)."""
+        fields = dict(data)
+        for key in ("references", "candidates"):
+            fields[key] = [tuple(float(v) for v in row) for row in fields[key]]
+        return cls(**fields)
 
 
 @dataclass
@@ -90,12 +110,16 @@ class EvaluationResult:
         scans: per-scan evaluations.
         froc: LUNA16 FROC analysis, or None when no scan has a reference nodule.
         threshold: probability threshold of the instances.
+        settings: segmentation settings, stored with the summary.
+        candidate_threshold: the checkpoint's calibrated candidate threshold; when given, the
+            operating point counts only instances scoring at or above it.
     """
 
     scans: list[ScanEvaluation]
     froc: FROCResult | None
     threshold: float
     settings: dict = field(default_factory=dict)
+    candidate_threshold: float | None = None
 
     @property
     def n_nodules(self) -> int:
@@ -110,24 +134,32 @@ class EvaluationResult:
 
     @property
     def sensitivity(self) -> float | None:
-        """Fraction of reference nodules hit by an instance above the threshold."""
-        hits = [h for s in self.scans for h in s.detected]
-        return float(np.mean(hits)) if hits else None
+        """Fraction of reference nodules hit at the operating point (module docstring)."""
+        return operating_point(self.scans, self.candidate_threshold)["sensitivity"]
 
     @property
     def fps_per_scan(self) -> float:
-        """Instances hitting no reference nodule, per scan."""
-        return sum(s.n_false_positives for s in self.scans) / max(1, len(self.scans))
+        """Instances hitting no reference nodule at the operating point, per scan."""
+        return operating_point(self.scans, self.candidate_threshold)["fps_per_scan"] or 0.0
 
     def to_dict(self) -> dict:
         """A JSON-serialisable summary (FROC curve included)."""
+        point = operating_point(self.scans, self.candidate_threshold)
         summary = {
             "n_scans": len(self.scans),
             "n_nodules": self.n_nodules,
             "threshold": self.threshold,
+            "operating_point": {
+                "kind": "probability_threshold"
+                if self.candidate_threshold is None
+                else "candidate_threshold",
+                "probability_threshold": self.threshold,
+                "candidate_threshold": self.candidate_threshold,
+            },
             "mean_dice": self.mean_dice,
-            "sensitivity": self.sensitivity,
-            "fps_per_scan": self.fps_per_scan,
+            "sensitivity": point["sensitivity"],
+            "sensitivity_ge_6mm": point["sensitivity_ge_6mm"],
+            "fps_per_scan": point["fps_per_scan"] or 0.0,
             "cpm": None if self.froc is None else self.froc.cpm,
             "sensitivity_at_fps": None
             if self.froc is None
@@ -140,6 +172,7 @@ class EvaluationResult:
                 for key in sorted({k for s in self.scans for k in s.timings_s})
             },
         }
+        summary["subsets"] = subset_summary(self.scans, self.candidate_threshold)
         if self.froc is not None:
             summary["froc_curve"] = {
                 "fps_per_scan": self.froc.fps_per_scan.tolist(),
@@ -176,30 +209,13 @@ def reference_nodules(
     return [(*map(float, w), float(d)) for w, d in zip(world, diameters_mm, strict=True)]
 
 
-def candidate_hits(
-    candidates: Sequence[Sequence[float]], references: Sequence[Sequence[float]]
-) -> NDArray[np.bool_]:
-    """LUNA16 hit matrix: entry (i, j) is True when candidate i, ``(x, y, z, score)`` in world
-    mm, lies closer than half its diameter to reference j, ``(x, y, z, diameter_mm)``.
-
-    Returns:
-        bool (n_candidates, n_references).
-    """
-    hits = np.zeros((len(candidates), len(references)), dtype=bool)
-    if len(candidates) and len(references):
-        cand = np.asarray(candidates, dtype=np.float64)[:, None, :3]
-        ref = np.asarray(references, dtype=np.float64)
-        dist2 = ((cand - ref[None, :, :3]) ** 2).sum(-1)
-        hits = dist2 < (ref[None, :, 3] / 2.0) ** 2
-    return hits
-
-
 def evaluate_segmentation(
     scan_id: str,
     segmentation: ScanSegmentation,
     gt_label_map: ArrayLike,
     gt_nodule_diameters_mm: Sequence[float],
     threshold: float = 0.5,
+    profile: Mapping | None = None,
 ) -> ScanEvaluation:
     """Compare one scan's segmentation with its reference (module docstring)."""
     refs = reference_nodules(gt_label_map, gt_nodule_diameters_mm, segmentation)
@@ -218,10 +234,16 @@ def evaluate_segmentation(
         instances=[inst.to_dict() for inst in segmentation.instances],
         windows_fraction=segmentation.window_fraction,
         timings_s=dict(segmentation.timings_s),
+        profile=None if profile is None else dict(profile),
     )
 
 
-def summarize(scans: Sequence[ScanEvaluation], threshold: float, settings: dict | None = None):
+def summarize(
+    scans: Sequence[ScanEvaluation],
+    threshold: float,
+    settings: dict | None = None,
+    candidate_threshold: float | None = None,
+) -> EvaluationResult:
     """FROC/CPM over per-scan evaluations -> :class:`EvaluationResult`."""
     ids = [s.scan_id for s in scans]
     if len(set(ids)) != len(ids):
@@ -229,7 +251,45 @@ def summarize(scans: Sequence[ScanEvaluation], threshold: float, settings: dict 
     candidates = [(s.scan_id, *c) for s in scans for c in s.candidates]
     references = [(s.scan_id, *r) for s in scans for r in s.references]
     result = froc(candidates, references, scan_ids=ids) if references else None
-    return EvaluationResult(list(scans), result, threshold, dict(settings or {}))
+    return EvaluationResult(
+        list(scans), result, threshold, dict(settings or {}), candidate_threshold
+    )
+
+
+def evaluate_scan(
+    model: nn.Module,
+    scan: EvaluationScan | Sequence,
+    target_spacing_mm: float = 1.0,
+    threshold: float = 0.5,
+    cascade: bool = False,
+    **segment_kwargs,
+) -> ScanEvaluation:
+    """Segment one scan and evaluate it against its reference (arguments: :func:`evaluate_scans`)."""
+    scan = scan if isinstance(scan, EvaluationScan) else EvaluationScan(*scan)
+    segment = segment_scan_cascade if cascade else segment_scan
+    start = time.perf_counter()
+    prepared = prepare_scan(
+        scan.image_hu, scan.spacing_mm, target_spacing_mm, getattr(model, "normalization", None),
+        scan.origin_lps_mm,
+    )  # fmt: skip
+    prepare_s = time.perf_counter() - start
+    seg = segment(model, prepared, lung_mask=scan.lung_mask, threshold=threshold, **segment_kwargs)
+    seg.timings_s["prepare"] = prepare_s
+    return evaluate_segmentation(
+        str(scan.scan_id), seg, scan.gt_label_map, scan.gt_nodule_diameters_mm, threshold,
+        scan.profile,
+    )  # fmt: skip
+
+
+def segmentation_settings(
+    target_spacing_mm: float, cascade: bool, **segment_kwargs
+) -> dict[str, int | float | str | bool]:
+    """The plain settings of an evaluation, stored with its summary."""
+    return {
+        "target_spacing_mm": target_spacing_mm,
+        "cascade": cascade,
+        **{k: v for k, v in segment_kwargs.items() if isinstance(v, (int, float, str, bool))},
+    }
 
 
 def evaluate_scans(
@@ -238,6 +298,7 @@ def evaluate_scans(
     target_spacing_mm: float = 1.0,
     threshold: float = 0.5,
     cascade: bool = False,
+    candidate_threshold: float | None = None,
     **segment_kwargs,
 ) -> EvaluationResult:
     """Segment every scan and evaluate it against its reference (module docstring).
@@ -245,37 +306,19 @@ def evaluate_scans(
     Args:
         model: segmentation model with a ``normalization`` dict (``hu_min``, ``hu_max``).
         scans: :class:`EvaluationScan` rows or plain tuples in the same order (the lung mask
-            is optional).
+            and profile are optional).
         target_spacing_mm: the model's spacing (mm).
         threshold: probability threshold of the instances and the Dice masks.
         cascade: use :func:`segment_scan_cascade` instead of :func:`segment_scan`.
+        candidate_threshold: the operating point's candidate threshold (None: every instance).
         **segment_kwargs: passed to the segmentation function (roi_size_vox, overlap, ...).
     """
-    segment = segment_scan_cascade if cascade else segment_scan
-    normalization = getattr(model, "normalization", None)
-    evaluations = []
-    for row in scans:
-        scan = row if isinstance(row, EvaluationScan) else EvaluationScan(*row)
-        start = time.perf_counter()
-        prepared = prepare_scan(
-            scan.image_hu, scan.spacing_mm, target_spacing_mm, normalization, scan.origin_lps_mm
-        )
-        prepare_s = time.perf_counter() - start
-        seg = segment(
-            model, prepared, lung_mask=scan.lung_mask, threshold=threshold, **segment_kwargs
-        )
-        seg.timings_s["prepare"] = prepare_s
-        evaluations.append(
-            evaluate_segmentation(
-                str(scan.scan_id), seg, scan.gt_label_map, scan.gt_nodule_diameters_mm, threshold
-            )
-        )
-    settings = {
-        "target_spacing_mm": target_spacing_mm,
-        "cascade": cascade,
-        **{k: v for k, v in segment_kwargs.items() if isinstance(v, (int, float, str, bool))},
-    }
-    return summarize(evaluations, threshold, settings)
+    evaluations = [
+        evaluate_scan(model, row, target_spacing_mm, threshold, cascade, **segment_kwargs)
+        for row in scans
+    ]
+    settings = segmentation_settings(target_spacing_mm, cascade, **segment_kwargs)
+    return summarize(evaluations, threshold, settings, candidate_threshold)
 
 
 def operating_threshold(

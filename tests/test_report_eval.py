@@ -188,7 +188,7 @@ def ckpt(tmp_path_factory) -> Path:
 def test_cli_on_one_tiny_phantom_then_resume(ckpt, tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["evaluate-reports", "--ckpt", str(ckpt), "--phantom-seeds", "0:1", "--out", str(out),
-            "--phantom-size", "tiny", "--cascade", "compare", "--device", "cpu"]  # fmt: skip
+            "--phantom-size", "tiny", "--cascade", "compare", "--device", "cpu", "--no-follow-up"]  # fmt: skip
     assert cli.main(args) == 0
     data = json.loads((out / "report_eval.json").read_text())
     (row,) = data["cases"]

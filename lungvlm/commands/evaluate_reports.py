@@ -2,12 +2,17 @@
 
 This module is CLI wiring, so it may import ``data_modules``; the scores are pure functions in
 :mod:`lungvlm.evaluation.reports` (conventions there). Per seed: the phantom case is rendered
-in process (:func:`data_modules.phantom.generate_case`; with ``--follow-up-months M`` the
-follow-up scan :func:`~data_modules.phantom.generate_follow_up` with noise seed ``seed + 7919``
-as ``lungvlm phantom --follow-up`` does, reported with the baseline as prior, interval
-``M x 30.4375`` days), written as a DICOM series into a temporary folder and run through the
-steps of ``lungvlm report`` (read, lung mask, analysis, report assembly, outputs into
-``OUT/cases/<case>/``). The model is loaded once. Outputs: ``OUT/report_eval.json`` (settings,
+in process (:func:`data_modules.phantom.generate_case`; by default, and with
+``--follow-up-months M``, the follow-up scan :func:`~data_modules.phantom.generate_follow_up`
+``M`` months later (default :data:`DEFAULT_FOLLOW_UP_MONTHS`; ``--no-follow-up`` reports the
+baseline alone) with noise seed ``seed + 7919`` as ``lungvlm phantom --follow-up`` does,
+reported with the baseline as prior, interval ``M x 30.4375`` days), written as a DICOM series
+into a temporary folder and run through the steps of ``lungvlm report`` (read, lung mask,
+analysis, report assembly, outputs into ``OUT/cases/<case>/``). The model is loaded once; the
+default seeds are the first 20 of the test split (``lungvlm evaluate``'s). Every row carries
+the scanner profile of its scan, and the summary's ``subsets`` give the issue-15 figures on all
+chests, the thick-slice low-dose ones and the rest
+(:mod:`lungvlm.evaluation.report_subsets`). Outputs: ``OUT/report_eval.json`` (settings,
 summary, every case row) and ``OUT/report_eval.md``, written atomically.
 
 Resume: a case whose ``OUT/cases/<case>/report.json`` and ``case_eval.json`` exist, with the same
@@ -38,6 +43,8 @@ log = logging.getLogger(__name__)
 CASCADE_MODES = ("on", "off", "compare")
 #: Noise seed offset of a follow-up scan (as ``lungvlm phantom --follow-up``).
 FOLLOW_UP_SEED_OFFSET = 7919
+#: Follow-up interval (months) reported by default: the 12-month screening round (issue 15).
+DEFAULT_FOLLOW_UP_MONTHS = 12.0
 CASE_RESULT_FILE = "case_eval.json"
 
 
@@ -54,11 +61,17 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_ckpt(parser)
     parser.add_argument(
         "--phantom-seeds", default=None,
-        help="phantom chests START:STOP, STOP excluded (default: the first 4 test-split seeds)",
+        help="phantom chests START:STOP, STOP excluded (default: the first 20 test-split seeds)",
     )  # fmt: skip
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--follow-up-months", type=float, default=None,
-                        help="report a follow-up scan MONTHS later with the baseline as prior")  # fmt: skip
+    parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
+    follow_up = parser.add_mutually_exclusive_group()
+    follow_up.add_argument(
+        "--follow-up-months", type=float, default=None,
+        help="report the follow-up scan MONTHS later with the baseline as prior (default "
+        f"{DEFAULT_FOLLOW_UP_MONTHS:g})",
+    )  # fmt: skip
+    follow_up.add_argument("--no-follow-up", action="store_true",
+                           help="report the baseline scan alone (no prior, no growth figures)")  # fmt: skip
     parser.add_argument("--cascade", choices=CASCADE_MODES, default="off",
                         help="adaptive-resolution cascade; compare also runs the full pass")  # fmt: skip
     add_phantom_size(parser)
@@ -124,6 +137,8 @@ def report_fields(report: ExamReport) -> dict:
             "centre_lps_mm": list(n.centroid_world_lps_mm),
             "mean_diameter_mm": n.mean_diameter_mm,
             "lungrads_category": n.lungrads_category,
+            "attenuation": n.attenuation,
+            "solid_component_mm": n.solid_component_mm,
             "status": None if n.comparison is None else n.comparison.status,
             "vdt_days": None if n.comparison is None else n.comparison.vdt_days,
             "text": text,
@@ -160,6 +175,7 @@ def evaluate_case(rm: ReportModel, seed: int, index: int, args, settings: dict) 
     from data_modules.phantom.labels import DAYS_PER_MONTH
     from data_modules.phantom.writers import write_dicom_series
     from lungvlm.commands.scan_io import read_volume
+    from lungvlm.evaluation.subsets import profile_record
     from lungvlm.export.schema import Source
     from lungvlm.imaging.lung_mask import lung_mask
     from lungvlm.inference.report_pipeline import PriorScan, generate_report
@@ -171,6 +187,7 @@ def evaluate_case(rm: ReportModel, seed: int, index: int, args, settings: dict) 
     if args.follow_up_months is not None:
         case = generate_follow_up(prior_case, args.follow_up_months, seed + FOLLOW_UP_SEED_OFFSET)
     row = {"case_id": name, "seed": seed, "settings": settings,
+           "profile": profile_record(case.profile.to_dict()),
            "reference": reference_from_case(case)}  # fmt: skip
     overhead = {"phantom": time.perf_counter() - start}
     with tempfile.TemporaryDirectory(prefix=f"lungvlm-eval-{name}-") as tmp:
@@ -243,6 +260,46 @@ def _fmt(value, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+#: Rows of the subset table: (figure key, label, format).
+_SUBSET_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("n_cases", "chests", "d"),
+    ("sensitivity", "detection sensitivity", ".3f"),
+    ("sensitivity_ge_6mm", "detection sensitivity >= 6 mm", ".3f"),
+    ("fps_per_scan", "FPs/scan (final report)", ".2f"),
+    ("exam_lungrads_accuracy", "exam Lung-RADS accuracy (exact)", ".3f"),
+    ("attenuation_accuracy", "attenuation accuracy (found nodules)", ".3f"),
+    ("diameter_median_abs_error_mm", "mean diameter median abs error, mm", ".2f"),
+    ("diameter_median_abs_error_part_solid_mm", "  part-solid only, mm", ".2f"),
+    ("growth_status_accuracy", "growth status accuracy (paired)", ".3f"),
+    ("vdt_median_abs_relative_error_growing", "VDT median relative error (growing)", ".3f"),
+    ("seconds_per_chest", "seconds per chest", ".1f"),
+)
+
+
+def subset_markdown(subsets: dict) -> list[str]:
+    """Lines of the scanner-profile table: all chests, thick/low-dose, rest, difference."""
+    from lungvlm.evaluation.subsets import LOW_DOSE_MAX_MAS, THICK_SLICE_MIN_MM
+
+    diff = subsets["thick_low_dose_minus_rest"]
+    lines = ["## By scanner profile", "",
+             f"thick/low-dose: slice thickness >= {THICK_SLICE_MIN_MM:g} mm and <= "
+             f"{LOW_DOSE_MAX_MAS:g} mAs; difference = thick/low-dose - rest, fractions in "
+             "percentage points (pp), other figures in their units.", "",
+             "| figure | all | thick/low-dose | rest | difference |", "|---|---|---|---|---|"]  # fmt: skip
+    for key, label, spec in _SUBSET_ROWS:
+        cells = [_fmt(subsets[name][key], spec) for name in ("all", "thick_low_dose", "rest")]
+        d = diff.get(key, {})
+        text = (f"{_fmt(d['points'], '+.1f')} pp" if "points" in d
+                else _fmt(d.get("difference"), "+" + spec) if d else "")  # fmt: skip
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {text} |")
+    steps = list(subsets["all"]["step_seconds"])  # pipeline order (timing_summary)
+    lines += ["", "| step (mean s) | all | thick/low-dose | rest |", "|---|---|---|---|"]
+    lines += [f"| {step} | " + " | ".join(_fmt(subsets[n]["step_seconds"].get(step), ".2f")
+                                        for n in ("all", "thick_low_dose", "rest")) + " |"
+              for step in steps]  # fmt: skip
+    return lines
+
+
 def format_markdown(summary: dict, rows: list[dict], settings: dict) -> str:
     """Readable tables of the summary and one line per case."""
     lines = ["# Report evaluation on phantom chests", "",
@@ -256,6 +313,17 @@ def format_markdown(summary: dict, rows: list[dict], settings: dict) -> str:
         lines.append(f"| {name} | {d['n_reference']} | {d['n_detected']} | "
                      f"{_fmt(d['sensitivity'])} | {d['n_false_positives']} | "
                      f"{_fmt(d['fps_per_scan'], '.2f')} | {d['n_duplicates']} |")  # fmt: skip
+    if summary.get("subsets"):
+        lines += ["", *subset_markdown(summary["subsets"])]
+    if summary.get("attenuation"):
+        a, size = summary["attenuation"], summary["diameter_error"]
+        lines += ["", "## Attenuation and size (paired nodules)", "",
+                  f"attenuation accuracy {_fmt(a['accuracy'])} (n={a['n']}); confusion "
+                  f"{json.dumps(a['confusion'])}", "",
+                  f"mean diameter median absolute error {_fmt(size['median_abs_error_mm'], '.2f')}"
+                  f" mm (n={size['n']}), part-solid "
+                  f"{_fmt(size['median_abs_error_part_solid_mm'], '.2f')} mm "
+                  f"(n={size['n_part_solid']})"]  # fmt: skip
     for key, title in (("exam_lungrads", "Exam Lung-RADS"),
                        ("nodule_lungrads", "Nodule Lung-RADS (paired nodules)")):  # fmt: skip
         c = summary[key]
@@ -300,11 +368,14 @@ def format_markdown(summary: dict, rows: list[dict], settings: dict) -> str:
                   f"drop {_fmt(cascade['sensitivity_drop_pp'], '.2f')} pp -> keep cascade: "
                   f"{cascade['keep_cascade']} ({cascade['rule']})"]  # fmt: skip
     lines += ["", "## Cases", "",
-              "| case | reference | reported | detected | FPs | exam ref | exam pred | seconds |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "| case | slice mm | mAs | kernel | reference | reported | detected | FPs | "
+              "exam ref | exam pred | seconds |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        d = r["detection"]
-        lines.append(f"| {r['case_id']} | {len(d['reference_detected'])} | "
+        d, profile = r["detection"], r.get("profile") or {}
+        lines.append(f"| {r['case_id']} | {_fmt(profile.get('slice_thickness_mm'), '.2f')} | "
+                     f"{_fmt(profile.get('exposure_mas'), '.1f')} | {profile.get('kernel', '-')} | "
+                     f"{len(d['reference_detected'])} | "
                      f"{len(d['candidate_kinds'])} | {sum(d['reference_detected'])} | "
                      f"{d['candidate_kinds'].count('fp')} | {r['reference']['exam_category']} | "
                      f"{r['report']['exam_category']} | {sum(r['timings_s'].values()):.1f} |")  # fmt: skip
@@ -328,11 +399,16 @@ def run(args: argparse.Namespace) -> int:
     from lungvlm.commands.evaluate import default_seeds, parse_seeds
     from lungvlm.commands.options import resolve_device
     from lungvlm.commands.progress import progress_bars
+    from lungvlm.evaluation.report_subsets import subset_summary
     from lungvlm.evaluation.reports import summarize
     from lungvlm.export.writer import write_text_atomic
     from lungvlm.inference.report_analysis import load_report_model
 
     seeds = parse_seeds(args.phantom_seeds or default_seeds())
+    if args.no_follow_up:
+        args.follow_up_months = None
+    elif args.follow_up_months is None:
+        args.follow_up_months = DEFAULT_FOLLOW_UP_MONTHS
     months = args.follow_up_months
     if months is not None and not (math.isfinite(months) and months > 0):
         raise ValueError(f"--follow-up-months={months} must be a positive number of months")
@@ -364,6 +440,7 @@ def run(args: argparse.Namespace) -> int:
             )  # fmt: skip
             lungvlm_progress.update("phantom reports", index + 1, len(seeds))
     summary = summarize(rows)
+    summary["subsets"] = subset_summary(rows)
     summary["n_resumed"] = sum(r["resumed"] for r in rows)
     report_eval = {"settings": settings, "summary": summary, "cases": rows}
     write_text_atomic(args.out / "report_eval.json", json.dumps(report_eval, indent=2))

@@ -28,6 +28,9 @@ Conventions (project choices, documented here):
   reported nodule without a comparison counts as wrong, status "none"). **VDT error** over
   paired nodules with a finite reference VDT (days): median absolute error and median absolute
   relative error over those whose report states a VDT; the others are counted as unmeasured.
+- **Attenuation and size** over paired nodules: attenuation accuracy (solid / part_solid /
+  ground_glass), and the median absolute error of the reported mean diameter (mm) for all
+  paired nodules and for those whose reference is part-solid.
 - **Cascade**: when rows hold a full-pass detection, the cascade (the report's segmentation) and
   the full pass are compared (segmentation seconds include resampling, as in the report
   timings); the cascade is kept only if it saves time and sensitivity (all sizes) drops by
@@ -305,6 +308,27 @@ def vdt_summary(pairs: Sequence[tuple[float | None, float | None]]) -> dict:
     }
 
 
+def attenuation_summary(pairs: Sequence[tuple[str, str | None]]) -> dict:
+    """Accuracy and confusion of (reference, reported) attenuations over paired nodules whose
+    reference states one; a reported None reads "none" (wrong)."""
+    return status_summary(pairs)
+
+
+def diameter_error_summary(pairs: Sequence[tuple[Mapping, Mapping]]) -> dict:
+    """Median absolute error (mm) of the reported mean diameter over (reference, reported)
+    nodule pairs, for all pairs and for those whose reference ``attenuation`` is part-solid."""
+    errors = [abs(float(rep["mean_diameter_mm"]) - float(ref["mean_diameter_mm"]))
+              for ref, rep in pairs]  # fmt: skip
+    part = [e for e, (ref, _) in zip(errors, pairs, strict=True)
+            if ref.get("attenuation") == "part_solid"]  # fmt: skip
+    return {
+        "n": len(errors),
+        "median_abs_error_mm": float(np.median(errors)) if errors else None,
+        "n_part_solid": len(part),
+        "median_abs_error_part_solid_mm": float(np.median(part)) if part else None,
+    }
+
+
 def timing_summary(timings: Sequence[Mapping[str, float]]) -> dict:
     """Mean and median seconds per step (:data:`TIMED_STEPS` first) and of their total."""
     steps = [s for s in TIMED_STEPS if any(s in t for t in timings)]
@@ -355,7 +379,7 @@ def score_case(reference: Mapping, report: Mapping) -> dict:
     return {"detection": detection, "concepts": pairs}
 
 
-def _paired(row: Mapping) -> Iterable[tuple[Mapping, Mapping]]:
+def paired_nodules(row: Mapping) -> Iterable[tuple[Mapping, Mapping]]:
     """(reference nodule, reported nodule) pairs of a scored case row."""
     for r, c in enumerate(row["detection"]["reference_match"]):
         if c is not None:
@@ -408,7 +432,7 @@ def summarize(rows: Sequence[Mapping]) -> dict:
     """
     detections = [r["detection"] for r in rows]
     pairs = [p for r in rows for p in r["concepts"]]
-    paired = [pair for r in rows for pair in _paired(r)]
+    paired = [pair for r in rows for pair in paired_nodules(r)]
     growth = [(ref["status"], rep.get("status")) for ref, rep in paired if ref.get("status")]
     summary = {
         "n_cases": len(rows),
@@ -423,6 +447,14 @@ def summarize(rows: Sequence[Mapping]) -> dict:
         ),
         "concept_f1": concept_f1(pairs),
         "concept_f1_matched": concept_f1(p for p in pairs if p["kind"] in ("matched", "exam")),
+        "attenuation": attenuation_summary(
+            [
+                (ref["attenuation"], rep.get("attenuation"))
+                for ref, rep in paired
+                if ref.get("attenuation")
+            ]
+        ),  # fmt: skip
+        "diameter_error": diameter_error_summary(paired),
         "growth_status": status_summary(growth) if growth else None,
         "vdt": vdt_summary(
             [(ref.get("vdt_days"), rep.get("vdt_days")) for ref, rep in paired if ref.get("status")]

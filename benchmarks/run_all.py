@@ -3,7 +3,8 @@
 Run: ``python -m benchmarks.run_all --out benchmarks/RESULTS.md [--quick] [--threads N]``
 (``make bench``). Sections: encoder step vs MONAI, training step per stage and data-loading
 share, report generation with/without the KV cache, DICOM series reading vs SimpleITK, phantom
-generation, and the preprocessed cache. Each figure is the median of several runs (the
+generation, the preprocessed cache, whole-chest detection (FROC/CPM of ``lungvlm evaluate``) and
+the end-to-end report per chest. Each figure is the median of several runs (the
 statistic is stated per section); comparisons are ratios of numbers measured in the same run.
 Optional benchmark modules that are missing are skipped with a printed ``skipped:`` line; a
 benchmark that raises is reported as failed, the others still run, and the exit status is 1.
@@ -218,6 +219,77 @@ class BenchmarkSkipped(Exception):
 
 #: Checkpoint of the end-to-end report benchmark (``LUNGVLM_BENCH_CKPT`` overrides it).
 REPORT_BENCH_CKPT = "runs/stage3/checkpoints/last.ckpt"
+#: Checkpoint of the whole-chest detection benchmark: ``LUNGVLM_BENCH_DETECTION_CKPT``, else
+#: ``LUNGVLM_BENCH_CKPT``, else this (stage 2 or 3; calibrated for the candidate threshold).
+DETECTION_BENCH_CKPT = "runs/stage2/checkpoints/last_calibrated.ckpt"
+#: Phantom test chests of the whole-chest benchmarks (``LUNGVLM_BENCH_CHESTS`` overrides it);
+#: a default chest takes about a minute of CPU per pass, so bench stays a few minutes.
+BENCH_CHESTS = 2
+#: First phantom test-split seed (``lungvlm evaluate``'s default chests start here).
+TEST_SEED = 2_000_000
+
+
+def bench_chests(quick: bool) -> int:
+    """Chests of the whole-chest benchmarks: 1 with --quick, else ``LUNGVLM_BENCH_CHESTS``."""
+    n = 1 if quick else int(os.environ.get("LUNGVLM_BENCH_CHESTS", BENCH_CHESTS))
+    if n < 1:
+        raise ValueError(f"LUNGVLM_BENCH_CHESTS must be >= 1; got {n}")
+    return n
+
+
+def detection_bench_ckpt() -> Path:
+    """The checkpoint of :func:`bench_whole_chest` (see :data:`DETECTION_BENCH_CKPT`)."""
+    env = os.environ.get("LUNGVLM_BENCH_DETECTION_CKPT") or os.environ.get("LUNGVLM_BENCH_CKPT")
+    return Path(env or DETECTION_BENCH_CKPT)
+
+
+def _value(value: float | None) -> float | str:
+    return "-" if value is None else value
+
+
+def bench_whole_chest(quick: bool) -> tuple[str, list[dict]]:
+    """Detection FROC/CPM and seconds per chest of ``lungvlm evaluate`` on phantom test chests."""
+    import json
+
+    from lungvlm.cli import main as lungvlm_main
+
+    ckpt = detection_bench_ckpt()
+    if not ckpt.is_file():
+        raise BenchmarkSkipped(
+            f"no checkpoint at {ckpt} (set LUNGVLM_BENCH_DETECTION_CKPT to a stage-2 or stage-3 "
+            "checkpoint, calibrated with `lungvlm calibrate --detection`)"
+        )
+    n = bench_chests(quick)
+    with tempfile.TemporaryDirectory() as out:
+        args = ["evaluate", "--ckpt", str(ckpt), "--out", out, "--no-progress",
+                "--phantom-seeds", f"{TEST_SEED}:{TEST_SEED + n}"]  # fmt: skip
+        if lungvlm_main(args) != 0:
+            raise RuntimeError("lungvlm evaluate failed")
+        summary = json.loads((Path(out) / "evaluation.json").read_text())["summary"]
+    point = summary["operating_point"]
+    at = summary["sensitivity_at_fps"] or {}
+    rows = [
+        figure("chests", float(summary["n_scans"])),
+        figure("reference nodules", float(summary["n_nodules"])),
+        figure("CPM", _value(summary["cpm"])),
+        *(figure(f"sensitivity at {k} FPs/scan", _value(at.get(k))) for k in
+          ("0.125", "0.25", "0.5", "1.0", "2.0", "4.0", "8.0")),
+        figure("sensitivity at the operating point", _value(summary["sensitivity"])),
+        figure("sensitivity >= 6 mm at the operating point", _value(summary["sensitivity_ge_6mm"])),
+        figure("FPs/scan at the operating point", summary["fps_per_scan"]),
+        figure("seconds per chest (segmentation)", sum(summary["seconds_per_scan"].values()), "s"),
+    ]  # fmt: skip
+    threshold = (
+        f"candidate threshold {point['candidate_threshold']:.4g}"
+        if point["kind"] == "candidate_threshold"
+        else f"probability threshold {point['probability_threshold']:g} (no calibration)"
+    )
+    note = (
+        f"`lungvlm evaluate` on phantom test chests {TEST_SEED}..{TEST_SEED + n - 1} (default "
+        f"size), checkpoint `{ckpt}`; operating point at the {threshold}. {n} chest(s) give a "
+        "noisy CPM: the figure of record is `lungvlm evaluate` on its 20 default chests."
+    )
+    return note, rows
 
 
 def bench_report(quick: bool) -> tuple[str, list[dict]]:
@@ -229,17 +301,20 @@ def bench_report(quick: bool) -> tuple[str, list[dict]]:
     ckpt = Path(os.environ.get("LUNGVLM_BENCH_CKPT", REPORT_BENCH_CKPT))
     if not ckpt.is_file():
         raise BenchmarkSkipped(f"no stage-3 checkpoint at {ckpt} (run `make train-stage3`)")
+    n = bench_chests(quick)
     with tempfile.TemporaryDirectory() as out:
         args = ["evaluate-reports", "--ckpt", str(ckpt), "--out", out, "--cascade", "off",
-                "--phantom-seeds", "2000000:2000001"]  # fmt: skip
+                "--no-follow-up", "--no-progress",
+                "--phantom-seeds", f"{TEST_SEED}:{TEST_SEED + n}"]  # fmt: skip
         if lungvlm_main(args) != 0:
             raise RuntimeError("lungvlm evaluate-reports failed")
         summary = json.loads((Path(out) / "report_eval.json").read_text())["summary"]
     rows = [figure(f"{step}", t["mean_s"], "s") for step, t in summary["timings_s"].items()]
     rows.append(figure("reported nodules", float(summary["n_reported_nodules"])))
     note = (
-        f"`lungvlm evaluate-reports` on phantom test chest 2000000 written as DICOM, checkpoint "
-        f"`{ckpt}`, full sliding window (no cascade); seconds per step of the report path "
+        f"`lungvlm evaluate-reports --no-follow-up` on phantom test chests {TEST_SEED}.."
+        f"{TEST_SEED + n - 1} written as DICOM, checkpoint `{ckpt}`, full sliding window (no "
+        "cascade); mean seconds per chest of each step of the report path and their total "
         "(heads, generation and export grow with the number of reported nodules)."
     )
     return note, rows
@@ -252,6 +327,7 @@ BENCHMARKS: tuple[tuple[str, Callable[[bool], tuple[str, list[dict]]]], ...] = (
     ("DICOM series reading", bench_io),
     ("Phantom generation", bench_phantom),
     ("Preprocessed cache", bench_cache),
+    ("Whole-chest detection (FROC/CPM)", bench_whole_chest),
     ("End-to-end report per phantom chest", bench_report),
 )
 

@@ -95,7 +95,9 @@ def test_detection_subsets_froc_and_cpm_by_hand():
     # thick: .95 F, .7 T -> (0, 0) (1, 0) (1, 1): 0 below 1 FP/scan, 1 from 1 on.
     assert subsets["thick_low_dose"]["cpm"] == pytest.approx(4 / 7)
     # all: .95 F .9 T .8 F .7 T .6 T .3 F, 3 scans, 4 nodules -> .25 at 1/2, .75 from 1 on.
-    assert subsets["all"]["sensitivity_at_0.5_fps"] == pytest.approx(0.25)
+    every = [subsets["all"][f"sensitivity_at_{k}_fps"] for k in
+             ("0.125", "0.25", "0.5", "1.0", "2.0", "4.0", "8.0")]  # fmt: skip
+    assert every == pytest.approx([0, 0, 0.25, 0.75, 0.75, 0.75, 0.75])
     assert subsets["all"]["cpm"] == pytest.approx(13 / 28)
     diff = subsets["thick_low_dose_minus_rest"]
     assert diff["cpm"]["points"] == pytest.approx(100 * (4 / 7 - 11 / 14))

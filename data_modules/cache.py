@@ -12,7 +12,8 @@ Layout of a cache folder::
 Every ``.npy`` is uncompressed so ``np.load(path, mmap_mode="r")`` reads only the voxels of one
 crop. A case is built in ``dst/.tmp-<case_id>-<pid>/`` and renamed into place with one atomic
 ``os.replace``: a folder named after a case is always complete, and leftovers of a killed run
-start with ``.tmp-`` and are removed by :func:`remove_stale_temp_folders`.
+start with ``.tmp-`` and end in the writer's pid; :func:`remove_stale_temp_folders` removes
+those whose writer is dead.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from data_modules.io import CTVolume
 from lungvlm.clinical.hu import DEFAULT_NORMALIZATION_RANGE_HU, normalize_hu
 from lungvlm.imaging.lung_mask import LUNG_THRESHOLD_HU, bounding_box, lung_mask
 from lungvlm.imaging.resample import resample_to_spacing
+from lungvlm.processes import owner_pid, pid_alive
 
 #: 2: resampled by lungvlm.imaging.resample (edge values repeat instead of hu_min).
 CACHE_SCHEMA_VERSION = 2
@@ -245,9 +247,17 @@ def write_json_atomic(path: str | PathLike[str], payload: Any) -> None:
 
 
 def remove_stale_temp_folders(dst: str | PathLike[str]) -> list[Path]:
-    """Delete ``.tmp-*`` leftovers of an interrupted run; returns what was removed."""
+    """Delete ``.tmp-*`` leftovers of a killed run; returns what was removed.
+
+    A temp name ends in its writer's pid (``.tmp-<case_id>-<pid>``); a leftover is removed only
+    when that process is dead on this machine, so a second run never deletes the folder of a
+    run (or an orphaned worker) still writing. A name without a pid is removed.
+    """
     removed = []
     for path in Path(dst).glob(f"{TEMP_PREFIX}*"):
+        pid = owner_pid(path.name)
+        if pid is not None and pid_alive(pid):
+            continue  # its writer is still running
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:

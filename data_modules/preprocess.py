@@ -28,6 +28,8 @@ Label conventions (project choices, ``reference/lidc-idri.md`` "Common conventio
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -47,7 +49,15 @@ from data_modules.cache import (
     write_case_atomic,
     write_json_atomic,
 )
+from data_modules.discover import (  # FORMATS, discover_cases: re-exported (tests, callers)
+    FORMATS,
+    CaseTask,
+    discover,
+    discover_cases,
+    no_case_message,
+)
 from data_modules.io import (
+    AnnotationError,
     CTVolume,
     DataError,
     LunaAnnotation,
@@ -56,47 +66,20 @@ from data_modules.io import (
     check_rows_inside,
     cluster_annotations,
     consensus_mask,
-    find_lidc_series,
-    fold_of_subset_folder,
-    list_series,
     parse_lidc_xml,
     rasterize_annotation,
-    read_annotations_csv,
-    read_candidates_csv,
     read_dicom_series,
     read_metaimage,
 )
 from data_modules.io.lidc_consensus import MALIGNANCY_RULES
 from lungvlm.clinical.measure import measure_nodule
+from lungvlm.processes import die_with_parent
 
-FORMATS = ("lidc", "luna16", "dicom")
+log = logging.getLogger(__name__)
+
 LUNA16_MASKS = ("none", "sphere")
 CONSENSUS_LEVEL = 0.5
 MAX_NODULES = 255  # the label map is uint8
-
-
-@dataclass(frozen=True)
-class CaseTask:
-    """One case to preprocess (picklable, sent to worker processes).
-
-    Attributes:
-        case_id: cache folder name (the SeriesInstanceUID).
-        format: one of :data:`FORMATS`.
-        source: the series folder (LIDC, DICOM) or the ``.mhd`` file (LUNA16).
-        xml_path: the LIDC read message; ``ignored_xml`` lists further XML files of the series.
-        annotations: LUNA16 rows (x, y, z, diameter) in world mm.
-        candidates: LUNA16 candidate rows (x, y, z, class).
-        fold: LUNA16 subset index, None elsewhere.
-    """
-
-    case_id: str
-    format: str
-    source: str
-    xml_path: str | None = None
-    ignored_xml: tuple[str, ...] = ()
-    annotations: tuple[tuple[float, float, float, float], ...] = ()
-    candidates: tuple[tuple[float, float, float, int], ...] = ()
-    fold: int | None = None
 
 
 @dataclass(frozen=True)
@@ -117,86 +100,72 @@ class PreprocessOptions:
 
 @dataclass
 class PreprocessResult:
-    """What one run did: case ids written, skipped (already cached) and failed (with errors)."""
+    """What one run did: case ids written, skipped (already cached), failed (with errors).
+
+    ``failed`` also holds the source files that gave no case (an unreadable XML, a series
+    without XML, ...); ``warnings`` are the counted notes on data not used (also logged).
+    """
 
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
-def discover_cases(fmt: str, src: str | PathLike[str]) -> list[CaseTask]:
-    """List the cases of a source tree, sorted by case id.
+#: Documented scale of each LIDC rating (``reference/lidc-idri.md``, "Characteristics").
+RATING_RANGES = {"internalStructure": (1, 4), "calcification": (1, 6)}
 
-    Args:
-        fmt: "lidc" (series folders paired with their XML by SeriesInstanceUID), "luna16"
-            (``subset*/<uid>.mhd`` with ``annotations.csv`` / ``candidates_V2.csv`` found
-            anywhere under ``src``) or "dicom" (every series in every folder).
-        src: the data root.
+
+def _check_readings(message, volume: CTVolume) -> tuple[list, dict[str, int], list[str]]:
+    """Split the readings into those kept for the masks and counted others; word warnings.
+
+    Kept: all nine ratings present and non-zero (pylidc's rule). Counted, never dropped
+    silently: "< 3 mm" marks, contoured readings with missing ratings, ratings outside their
+    scale (kept; the count says so) and rois placed by z because their SOPInstanceUID is not
+    in the series.
 
     Raises:
-        ValueError: an unknown format or a missing ``src``.
+        AnnotationError: a malignancy rating outside 1..5 (it would make a wrong label).
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    src = Path(src)
-    if not src.is_dir():
-        raise ValueError(f"source folder {src} does not exist or is not a folder")
-    if fmt == "lidc":
-        by_uid: dict[str, list[tuple[Path, Path]]] = {}
-        for folder, xml in find_lidc_series(src):
-            uid = parse_lidc_xml(xml).series_uid
-            by_uid.setdefault(uid, []).append((folder, xml))
-        # A series with several XML files (a resubmitted read): the first by path is used and
-        # the others are recorded in case.json (project choice; the files do not say which wins).
-        return [
-            CaseTask(uid, fmt, str(p[0][0]), str(p[0][1]), tuple(str(x) for _, x in p[1:]))
-            for uid, p in sorted(by_uid.items())
-        ]
-    if fmt == "dicom":
-        tasks = []
-        for folder in sorted({p.parent for p in src.rglob("*") if p.is_file()}):
-            try:
-                uids = list_series(folder)
-            except DataError:
-                continue  # a folder without DICOM images
-            tasks.extend(CaseTask(uid, fmt, str(folder)) for uid in uids)
-        return sorted(tasks, key=lambda t: t.case_id)
-    return _discover_luna16(src)
-
-
-def _discover_luna16(src: Path) -> list[CaseTask]:
-    annotations: dict[str, list[tuple[float, ...]]] = {}
-    for path in sorted(src.rglob("annotations.csv")):
-        for row in read_annotations_csv(path):
-            annotations.setdefault(row.seriesuid, []).append((*row.xyz_mm, row.diameter_mm))
-    candidates: dict[str, list[tuple[float, ...]]] = {}
-    for path in sorted(src.rglob("candidates_V2.csv")):
-        for row in read_candidates_csv(path):
-            candidates.setdefault(row.seriesuid, []).append((*row.xyz_mm, row.label))
-    tasks = []
-    for mhd in sorted(src.rglob("*.mhd")):
-        try:
-            fold: int | None = fold_of_subset_folder(mhd.parent)
-        except ValueError:
-            continue  # not inside subset0..9 (e.g. seg-lungs-LUNA16 masks)
-        uid = mhd.stem
-        tasks.append(
-            CaseTask(
-                uid,
-                "luna16",
-                str(mhd),
-                annotations=tuple(tuple(a) for a in annotations.get(uid, [])),  # type: ignore[misc]
-                candidates=tuple(tuple(c) for c in candidates.get(uid, [])),  # type: ignore[misc]
-                fold=fold,
-            )
+    xml = message.path
+    kept = [n for n in message.nodules if n.has_complete_ratings]
+    incomplete = [n for n in message.nodules if not n.has_complete_ratings and not n.is_small]
+    warnings = [
+        f"{xml}: reader {n.reader_index + 1} nodule {n.nodule_id!r} has contours but "
+        f"incomplete ratings ({sorted(n.characteristics or {})}): no mask, counted in "
+        "case.json lidc.incomplete_ratings"
+        for n in incomplete
+    ]
+    out_of_range = 0
+    for n in kept:
+        for name, value in (n.characteristics or {}).items():
+            lo, hi = RATING_RANGES.get(name, (1, 5))
+            if lo <= value <= hi:
+                continue
+            where = f"{xml}: reader {n.reader_index + 1} nodule {n.nodule_id!r}"
+            if name == "malignancy":
+                raise AnnotationError(f"{where}: malignancy {value} is outside 1..5", xml)
+            out_of_range += 1
+            warnings.append(f"{where}: {name} {value} is outside {lo}..{hi} (kept)")
+    uids = set(volume.metadata.get("sop_instance_uids") or [])
+    by_z = [r for n in kept for r in n.rois if uids and r.sop_uid not in uids]
+    if by_z:
+        warnings.append(
+            f"{xml}: {len(by_z)} roi(s) name a SOPInstanceUID not in the series (first: "
+            f"{by_z[0].sop_uid!r}); placed on the slice at their imageZposition"
         )
-    return sorted(tasks, key=lambda t: t.case_id)
+    counts = {
+        "incomplete_ratings": len(incomplete),
+        "ratings_out_of_range": out_of_range,
+        "rois_placed_by_z": len(by_z),
+    }
+    return kept, counts, warnings
 
 
 def _load_lidc(task: CaseTask, options: PreprocessOptions):
     volume = read_dicom_series(task.source, series_uid=task.case_id, duplicates="keep_first")
     message = parse_lidc_xml(task.xml_path)  # type: ignore[arg-type]
-    kept = [n for n in message.nodules if n.has_complete_ratings]
+    kept, counts, warnings = _check_readings(message, volume)
     label_map = np.zeros(volume.shape, dtype=np.uint8)
     nodules: list[dict[str, Any]] = []
     empty_clusters = 0
@@ -208,6 +177,10 @@ def _load_lidc(task: CaseTask, options: PreprocessOptions):
         )
         if not consensus.any():
             empty_clusters += 1  # every contour too thin to cover a pixel centre
+            warnings.append(
+                f"{task.xml_path}: a nodule of {len(cluster)} reading(s) covers no voxel "
+                "centre at the 50 % consensus: no mask (lidc.empty_consensus_clusters)"
+            )
             continue
         label = len(nodules) + 1
         if label > MAX_NODULES:
@@ -250,7 +223,9 @@ def _load_lidc(task: CaseTask, options: PreprocessOptions):
             "small_nodule_marks": sum(n.is_small for n in message.nodules),
             "non_nodule_marks": len(message.non_nodules),
             "empty_consensus_clusters": empty_clusters,
+            **counts,
         },
+        "warnings": warnings,
     }
     return volume, label_map, nodules, info
 
@@ -298,6 +273,12 @@ def preprocess_case(task: CaseTask, dst: str, spec: CacheSpec, options: Preproce
     Returns:
         The written case folder ``dst/<case_id>``.
     """
+    return _preprocess_case(task, dst, spec, options)[0]
+
+
+def _preprocess_case(
+    task: CaseTask, dst: str, spec: CacheSpec, options: PreprocessOptions
+) -> tuple[Path, list[str]]:
     volume, label_map, nodules, info = LOADERS[task.format](task, options)
     if task.format == "luna16":
         _check_luna_rows(task, volume)
@@ -335,17 +316,16 @@ def preprocess_case(task: CaseTask, dst: str, spec: CacheSpec, options: Preproce
                 xyz.tolist(), geometry.world_to_voxel(xyz), task.candidates, strict=True
             )
         ]
-    return write_case_atomic(dst, task.case_id, arrays, case)
+    return write_case_atomic(dst, task.case_id, arrays, case), list(info.get("warnings", []))
 
 
 def _run_one(
     task: CaseTask, dst: str, spec: CacheSpec, options: PreprocessOptions
-) -> tuple[str, str | None]:
+) -> tuple[str, str | None, list[str]]:
     try:
-        preprocess_case(task, dst, spec, options)
-        return task.case_id, None
+        return task.case_id, None, _preprocess_case(task, dst, spec, options)[1]
     except Exception as exc:  # one bad case must never stop the others
-        return task.case_id, f"{type(exc).__name__}: {exc}"
+        return task.case_id, f"{type(exc).__name__}: {exc}", []
 
 
 def preprocess(
@@ -359,9 +339,10 @@ def preprocess(
 ) -> PreprocessResult:
     """Preprocess every case of ``src`` into the cache ``dst`` (see the module docstring).
 
-    Cases already complete in ``dst`` are skipped; ``.tmp-*`` leftovers of a killed run are
-    removed first (so run one preprocess per ``dst`` at a time). ``dst/failures.json`` lists
-    this run's failures as ``[{"case", "error", "source"}]`` (``[]`` when none).
+    Cases already complete in ``dst`` are skipped; ``.tmp-*`` leftovers whose writer process
+    is dead are removed first (those of a run still going are kept). ``dst/failures.json``
+    lists this run's failed cases and the source files that gave no case, as
+    ``[{"case", "error", "source"}]`` (``[]`` when none); warnings are logged and returned.
 
     Args:
         fmt: one of :data:`FORMATS`.
@@ -374,42 +355,60 @@ def preprocess(
 
     Raises:
         ValueError: bad arguments, or ``dst`` built with other settings.
+        DataError: no case at all under ``src`` (the message says what was searched for and
+            the nearest miss); ``dst`` is then not created.
+        CSVFormatError: a LUNA16 CSV with a missing column or a bad row.
     """
     spec, options = spec or CacheSpec(), options or PreprocessOptions()
     if int(workers) < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    tasks = discover_cases(fmt, src)
+    found = discover(fmt, src)
+    if not found.tasks:  # before dst is created: a failed start leaves nothing behind
+        raise DataError(no_case_message(fmt, src, found), src)
     dst = open_cache(dst, spec)
-    remove_stale_temp_folders(dst)
-    if not tasks:
-        raise ValueError(f"no {fmt} case found under {src}")
+    for path in remove_stale_temp_folders(dst):
+        log.warning("removed %s, left by a killed run", path)
+    tasks = found.tasks
     result = PreprocessResult(skipped=[t.case_id for t in tasks if case_done(dst, t.case_id)])
+    result.warnings = list(found.warnings)
+    result.failed = [
+        {"case": p.case, "error": p.error, "source": str(p.path)} for p in found.problems
+    ]
     todo = [t for t in tasks if t.case_id not in set(result.skipped)]
     sources = {t.case_id: t.source for t in todo}
     with _progress_bar(progress, len(todo), f"preprocess {fmt}") as advance:
         if workers == 1:
-            outcomes = (_run_one(t, str(dst), spec, options) for t in todo)
-            for case_id, error in outcomes:
-                _record(result, case_id, error, sources)
+            for outcome in (_run_one(t, str(dst), spec, options) for t in todo):
+                _record(result, outcome, sources)
                 advance()
         else:
-            with ProcessPoolExecutor(max_workers=int(workers)) as pool:
+            # Workers die with this process (kill -9 included): no orphan keeps writing into
+            # dst while the user reruns (lungvlm.processes.die_with_parent).
+            with ProcessPoolExecutor(
+                max_workers=int(workers), initializer=die_with_parent, initargs=(os.getpid(),)
+            ) as pool:
                 futures = {pool.submit(_run_one, t, str(dst), spec, options): t for t in todo}
                 for future in as_completed(futures):
                     try:
-                        case_id, error = future.result()
+                        outcome = future.result()
                     except Exception as exc:  # a worker died (e.g. out of memory)
-                        case_id, error = futures[future].case_id, f"{type(exc).__name__}: {exc}"
-                    _record(result, case_id, error, sources)
+                        outcome = (futures[future].case_id, f"{type(exc).__name__}: {exc}", [])
+                    _record(result, outcome, sources)
                     advance()
     result.failed.sort(key=lambda f: f["case"])
+    for warning in result.warnings:
+        log.warning("%s", warning)
     write_json_atomic(Path(dst) / "failures.json", result.failed)
     return result
 
 
 def _record(
-    result: PreprocessResult, case_id: str, error: str | None, sources: dict[str, str]
+    result: PreprocessResult,
+    outcome: tuple[str, str | None, list[str]],
+    sources: dict[str, str],
 ) -> None:
+    case_id, error, warnings = outcome
+    result.warnings.extend(warnings)
     if error is None:
         result.written.append(case_id)
     else:
@@ -433,3 +432,16 @@ def read_failures(dst: str | PathLike[str]) -> list[dict[str, str]]:
     """The ``failures.json`` of a cache (``[]`` when the file is absent)."""
     path = Path(dst) / "failures.json"
     return json.loads(path.read_text()) if path.is_file() else []
+
+
+__all__ = [
+    "FORMATS",
+    "LUNA16_MASKS",
+    "CaseTask",
+    "PreprocessOptions",
+    "PreprocessResult",
+    "discover_cases",
+    "preprocess",
+    "preprocess_case",
+    "read_failures",
+]

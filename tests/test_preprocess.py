@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -147,10 +150,15 @@ def test_crash_mid_case_leaves_no_half_written_folder(lidc_src, tmp_path: Path, 
     assert any("disk full" in f["error"] for f in result.failed)
     assert sorted(p.name for p in dst.iterdir()) == ["cache.json", "failures.json"]
     monkeypatch.setattr(cache_module.np, "save", real_save)
-    (dst / ".tmp-leftover-123").mkdir()  # what a SIGKILL would leave behind
-    (dst / ".tmp-leftover-123" / "image.npy").write_bytes(b"partial")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid whose process is gone, as after a SIGKILL
+    stale, live = dst / f".tmp-leftover-{dead.pid}", dst / f".tmp-running-{os.getpid()}"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "image.npy").write_bytes(b"partial")
     again = preprocess("lidc", src, dst, SPEC, progress=False)
-    assert len(again.written) == 1 and not (dst / ".tmp-leftover-123").exists()
+    assert len(again.written) == 1 and not stale.exists()
+    assert (live / "image.npy").read_bytes() == b"partial"  # its writer is alive: kept
 
 
 def test_two_workers_and_settings_mismatch(tmp_path: Path):

@@ -27,15 +27,16 @@ from data_modules.io.lidc_consensus import (
     cluster_annotations,
     consensus_mask,
 )
+from data_modules.io.lidc_tree import LIDCTree, TreeProblem, find_lidc_series, scan_lidc_tree
 from data_modules.io.lidc_xml import (
     CHARACTERISTIC_NAMES,
     ROI,
     LIDCReadMessage,
     NonNodule,
     ReaderNodule,
-    find_lidc_series,
     parse_lidc_xml,
     rasterize_annotation,
+    read_header_uids,
 )
 from data_modules.io.luna16 import (
     LUNA16_SUBSETS,
@@ -63,6 +64,7 @@ __all__ = [
     "DataError",
     "DicomReadError",
     "LIDCReadMessage",
+    "LIDCTree",
     "LunaAnnotation",
     "LunaCandidate",
     "MetaImageError",
@@ -74,6 +76,7 @@ __all__ = [
     "PointOutsideImageError",
     "ReaderNodule",
     "SliceGeometryError",
+    "TreeProblem",
     "UnsupportedTransferSyntaxError",
     "aggregate_ratings",
     "binarize_malignancy",
@@ -85,10 +88,12 @@ __all__ = [
     "list_series",
     "parse_lidc_xml",
     "rasterize_annotation",
+    "scan_lidc_tree",
     "read_annotations_csv",
     "read_candidates_csv",
     "read_dicom_series",
     "read_first_header",
+    "read_header_uids",
     "read_metaimage",
     "read_nifti",
     "world_to_voxel_zyx",

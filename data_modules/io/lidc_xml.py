@@ -18,8 +18,7 @@ import numpy as np
 from matplotlib.path import Path as MplPath
 from numpy.typing import NDArray
 
-from data_modules.io.dicom_series import read_first_header
-from data_modules.io.errors import AnnotationError, DataError
+from data_modules.io.errors import AnnotationError
 from lungvlm.imaging.volume import CTVolume
 
 CHARACTERISTIC_NAMES = (
@@ -154,7 +153,11 @@ def _ratings(elem: ET.Element, path: Path) -> dict[str, int]:
 def _header_uids(root: ET.Element, path: Path) -> tuple[str, str | None]:
     headers = _children(root, "ResponseHeader")
     if not headers:
-        raise AnnotationError(f"{path}: no <ResponseHeader>", path)
+        raise AnnotationError(
+            f"{path}: root <{_local(root.tag)}> has no <ResponseHeader>: not an LIDC read "
+            "message (LidcReadMessage)",
+            path,
+        )
     for tag in SERIES_UID_TAGS:
         uid = _text(headers[0], tag, path, required=False)
         if uid:
@@ -218,36 +221,14 @@ def parse_lidc_xml(path: str | PathLike[str]) -> LIDCReadMessage:
     return message
 
 
-def find_lidc_series(root: str | PathLike[str]) -> list[tuple[Path, Path]]:
-    """Pair every CT series folder under ``root`` with its LIDC XML by SeriesInstanceUID.
+def read_header_uids(path: str | PathLike[str]) -> tuple[str, str | None]:
+    """The (SeriesInstanceUID, StudyInstanceUID or None) of an LIDC XML read message.
 
-    The series UID comes from the first DICOM file (by name) of each folder, as pylidc does,
-    and from each XML header; folder names are never parsed. Folders with no XML (e.g. radiograph series), XML files that are not
-    read messages, and non-CT series are skipped. A series with two XML files (a resubmitted
-    read) appears twice, once per file.
-
-    Returns:
-        (series_folder, xml_path) pairs sorted by folder then XML path.
+    Raises:
+        AnnotationError: the file cannot be read or parsed, or is not a read message.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"LIDC root {root} does not exist or is not a folder", root)
-    xml_by_uid: dict[str, list[Path]] = {}
-    for xml_path in sorted(root.rglob("*.xml")):
-        try:
-            uid, _ = _header_uids(_parse_root(xml_path), xml_path)
-        except AnnotationError:
-            continue  # not a read message (or unreadable): nothing to pair
-        xml_by_uid.setdefault(uid, []).append(xml_path)
-    pairs: list[tuple[Path, Path]] = []
-    folders = sorted({p.parent for p in root.rglob("*") if p.is_file()})
-    for folder in folders:
-        header = read_first_header(folder)
-        if header is None or str(header.get("Modality", "")).upper() != "CT":
-            continue
-        uid = str(header.get("SeriesInstanceUID", ""))
-        pairs.extend((folder, xml) for xml in xml_by_uid.get(uid, []))
-    return sorted(pairs)
+    path = Path(path)
+    return _header_uids(_parse_root(path), path)
 
 
 def roi_slice_index(z_mm: float, sop_uid: str, volume: CTVolume, source: Path | None) -> int:

@@ -1,12 +1,16 @@
 """``lungvlm preprocess {lidc,luna16,dicom}``: build the training cache from raw data.
 
 Registered in ``lungvlm/cli.py`` through :func:`register`. Exit code 0 when every case was
-written or already cached, 1 when some failed (they are listed in ``<dst>/failures.json``).
+written or already cached, 1 when some case or source file failed (listed in
+``<dst>/failures.json``), 2 on bad input that stops the run (one line naming the file and the
+problem: no case at all under ``--src``, a bad LUNA16 CSV, a bad option). Warnings on data
+that is not used are logged to stderr and counted in the summary line.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from lungvlm.commands.options import add_progress
@@ -18,6 +22,28 @@ FORMAT_CHOICES: tuple[str, ...] = ("lidc", "luna16", "dicom")
 LUNA16_MASK_CHOICES: tuple[str, ...] = ("none", "sphere")
 DTYPE_CHOICES: tuple[str, ...] = ("float16", "float32")
 MALIGNANCY_RULE_CHOICES: tuple[str, ...] = ("mean_gt3", "mean_le2_ge4", "median_high")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _positive_mm(text: str) -> float:
+    """argparse type: a finite size in mm > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in mm, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite size in mm > 0, got {value}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -34,8 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("format", choices=FORMAT_CHOICES, help="layout of the source data")
     parser.add_argument("--src", type=Path, required=True, help="raw data root")
     parser.add_argument("--dst", type=Path, required=True, help="cache folder")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--spacing", type=float, default=1.0, help="isotropic voxel size, mm")
+    parser.add_argument(
+        "--workers", type=_positive_int, default=1, help="worker processes (default 1)"
+    )
+    parser.add_argument(
+        "--spacing", type=_positive_mm, default=1.0, help="isotropic voxel size, mm"
+    )
     parser.add_argument(
         "--hu-min", type=float, default=None, help="lower HU clip (-> 0; default -1000 HU)"
     )
@@ -75,8 +105,9 @@ def run(args: argparse.Namespace) -> int:
     result = preprocess(args.format, args.src, args.dst, spec, options, args.workers, args.progress)
     print(
         f"preprocess {args.format}: {len(result.written)} written, {len(result.skipped)} "
-        f"already cached, {len(result.failed)} failed -> {args.dst}"
+        f"already cached, {len(result.failed)} failed, {len(result.warnings)} warning(s) "
+        f"-> {args.dst}"
     )
     for failure in result.failed:
-        print(f"  FAILED {failure['case']}: {failure['error']}")
+        print(f"  FAILED {failure['case']} ({failure['source']}): {failure['error']}")
     return 1 if result.failed else 0

@@ -334,7 +334,9 @@ def test_stage2_selects_by_cpm_and_the_debug_overlay_turns_it_off(tmp_path):
     stage2 = parse("stage2.yaml").trainer
     # stage2.yaml's list replaces base.yaml's, so it repeats the learning-rate monitor.
     names = [type(c).__name__ for c in stage2.callbacks]
-    assert names[:2] == ["LearningRateMonitor", "WholeScanValidation"]
+    assert names[:3] == ["LearningRateMonitor", "HardNegativeMining", "WholeScanValidation"]
+    (mining,) = [c for c in stage2.callbacks if type(c).__name__ == "HardNegativeMining"]
+    assert (mining.epochs, mining.n_chests) == ([3, 8], 2)
     (callback,) = [c for c in stage2.callbacks if isinstance(c, WholeScanValidation)]
     assert (callback.every_n_epochs, callback.n_chests, callback.phantom_size) == (16, 1, "default")
     assert (stage2.checkpoint_callback.monitor, stage2.checkpoint_callback.mode) == (
@@ -342,5 +344,7 @@ def test_stage2_selects_by_cpm_and_the_debug_overlay_turns_it_off(tmp_path):
         "max",
     )
     debug = parse("stage2.yaml", "debug.yaml").trainer
-    assert not any(isinstance(c, WholeScanValidation) for c in debug.callbacks)
+    names = {type(c).__name__ for c in debug.callbacks}
+    assert "LearningRateMonitor" in names
+    assert not names & {"WholeScanValidation", "HardNegativeMining"}
     assert debug.checkpoint_callback.monitor == "val/loss"

@@ -131,6 +131,13 @@ def _read_rows(path: Path, columns: tuple[str, ...]) -> Iterable[tuple[int, dict
             rows = list(reader)
     except OSError as exc:
         raise CSVFormatError(f"cannot read CSV {path}: {exc}", path) from exc
+    except UnicodeDecodeError as exc:
+        raise CSVFormatError(f"{path} is not UTF-8 text: {exc}", path) from exc
+    except csv.Error as exc:  # e.g. a NUL byte: a binary file named .csv
+        raise CSVFormatError(f"{path} is not a readable CSV: {exc}", path) from exc
+    for i, row in enumerate(rows):
+        if not (row.get("seriesuid") or "").strip():
+            raise CSVFormatError(f"{path} row {i + 2}: empty seriesuid in {row}", path)
     return ((i + 2, row) for i, row in enumerate(rows))
 
 

@@ -6,6 +6,10 @@ data only (:mod:`lungvlm.lightning.checkpoint`).
 
 from __future__ import annotations
 
+import csv
+import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,67 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lungvlm.lightning.module import LungVLMModule
+
+log = logging.getLogger(__name__)
+METRICS_FILE = "metrics.csv"
+
+
+class ResumableCSVLogger(CSVLogger):
+    """A CSVLogger that keeps the earlier rows of ``metrics.csv`` when a fit resumes.
+
+    Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts. With
+    ``keep_until_step`` set (the resumed checkpoint's ``global_step``) the old file is moved
+    aside first, its rows up to that step are written back (later rows were logged after the
+    checkpoint and will be logged again), and new rows are appended. A kill between the two
+    steps leaves ``.metrics.csv.before-resume``, which the next resume reads instead.
+
+    Args:
+        keep_until_step: keep rows whose ``step`` is <= this; None starts a fresh file.
+        *args, **kwargs: as :class:`~lightning.pytorch.loggers.CSVLogger`.
+    """
+
+    def __init__(self, *args: Any, keep_until_step: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keep_until_step = keep_until_step
+
+    @property
+    def experiment(self):  # type: ignore[override]
+        """The CSV writer; on a resume, primed with the kept history (class docstring)."""
+        if self._experiment is not None or self.keep_until_step is None:
+            return super().experiment
+        metrics = Path(self.log_dir) / METRICS_FILE
+        aside = metrics.with_name(f".{METRICS_FILE}.before-resume")
+        if metrics.is_file() and not aside.is_file():
+            os.replace(metrics, aside)
+        writer = super().experiment  # finds no metrics.csv, so deletes nothing
+        if writer is not None and aside.is_file():
+            header, rows = _rows_until(aside, self.keep_until_step)
+            tmp = metrics.with_name(f".{METRICS_FILE}.tmp-{os.getpid()}")
+            with open(tmp, "w", newline="") as fh:
+                out = csv.DictWriter(fh, fieldnames=header)
+                out.writeheader()
+                out.writerows(rows)
+            os.replace(tmp, metrics)
+            aside.unlink()
+            writer.metrics_keys = list(header)
+            log.info("resumed %s: kept %d earlier row(s)", metrics, len(rows))
+        return writer
+
+
+def _rows_until(path: Path, last_step: int) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a metrics CSV whose ``step`` is <= ``last_step`` (all without one)."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        header = list(reader.fieldnames or [])
+
+    def keep(row: dict[str, str]) -> bool:
+        try:
+            return float(row.get("step") or "nan") <= last_step
+        except ValueError:
+            return True
+
+    return header, [r for r in rows if keep(r)]
 
 
 def resolve_precision(precision: Any, cuda_available: bool) -> Any:
@@ -87,16 +152,57 @@ class LungVLMCLI(LightningCLI):
                 trainer["precision"], torch.cuda.is_available()
             )
 
+    def _resume_checkpoint(self) -> dict | None:
+        """The ``--ckpt_path`` checkpoint of ``fit`` (read once, safely), else None.
+
+        A path that is not a readable file (or "last"/"best") gives None: Lightning then
+        reports it as before.
+        """
+        if getattr(self, "_resume_cache", False) is not False:
+            return self._resume_cache
+        from lungvlm.lightning.checkpoint import read_checkpoint
+
+        self._resume_cache: dict | None = None
+        config = self.config.get(str(self.subcommand), {}) if self.subcommand == "fit" else {}
+        ckpt_path = config.get("ckpt_path") if hasattr(config, "get") else None
+        if ckpt_path and Path(str(ckpt_path)).is_file():
+            try:
+                self._resume_cache = read_checkpoint(ckpt_path)
+            except (ValueError, OSError):
+                pass  # Lightning's own load reports it
+        return self._resume_cache
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        """Build the trainer; unless loggers are configured, log to TensorBoard and CSV."""
+        """Build the trainer; unless loggers are configured, log to TensorBoard and CSV.
+
+        On a resumed fit the CSV logger keeps the earlier ``metrics.csv`` rows up to the
+        checkpoint's step (:class:`ResumableCSVLogger`).
+        """
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
             run_dir = self._get(self.config, "run_dir")
+            resumed = self._resume_checkpoint()
+            keep = None
+            if resumed is not None:
+                keep = int(resumed.get("global_step", sys.maxsize))
             kwargs["logger"] = [
                 TensorBoardLogger(run_dir, name="", version="tensorboard"),
-                CSVLogger(run_dir, name="", version="csv"),
+                ResumableCSVLogger(run_dir, name="", version="csv", keep_until_step=keep),
             ]
         return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        """On a resume, take the tokenizer from the checkpoint instead of training a new one."""
+        from lungvlm.lightning.language import tokenizer_from_checkpoint
+
+        resumed = self._resume_checkpoint()
+        vl = getattr(self.model, "vl", None)
+        if resumed is None or vl is None:
+            return
+        tokenizer = tokenizer_from_checkpoint(resumed)
+        if tokenizer is not None:
+            vl.tokenizer = tokenizer  # setup() then skips fitting (and pretraining) a new one
+            log.info("resume: tokenizer of %d tokens restored from the checkpoint", len(tokenizer))
 
 
 def run_lightning(argv: list[str]) -> None:

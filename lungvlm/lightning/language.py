@@ -300,6 +300,17 @@ def decoder_config(decoder: ReportDecoder) -> dict[str, Any]:
     }
 
 
+def tokenizer_from_checkpoint(checkpoint: dict):
+    """The report tokenizer stored in a LungVLM checkpoint (already read), or None.
+
+    A resumed fit uses it instead of training a tokenizer again, so token ids keep meaning what
+    the saved decoder learned.
+    """
+    meta = checkpoint.get(CHECKPOINT_KEY) or {}
+    text = meta.get("tokenizer_json") if isinstance(meta, dict) else None
+    return tokenizer_from_json(text) if text else None
+
+
 def load_language_decoder(path: str | Path, decoder: ReportDecoder):
     """Load a language-stage checkpoint's decoder weights into ``decoder``; return its tokenizer.
 

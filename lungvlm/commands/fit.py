@@ -155,8 +155,11 @@ class LungVLMCLI(LightningCLI):
     def _resume_checkpoint(self) -> dict | None:
         """The ``--ckpt_path`` checkpoint of ``fit`` (read once, safely), else None.
 
-        A path that is not a readable file (or "last"/"best") gives None: Lightning then
-        reports it as before.
+        A path that is not a file (or "last"/"best") gives None: Lightning then resolves or
+        reports it.
+
+        Raises:
+            ValueError: the file is corrupt or holds objects a safe load refuses.
         """
         if getattr(self, "_resume_cache", False) is not False:
             return self._resume_cache
@@ -168,8 +171,8 @@ class LungVLMCLI(LightningCLI):
         if ckpt_path and Path(str(ckpt_path)).is_file():
             try:
                 self._resume_cache = read_checkpoint(ckpt_path)
-            except (ValueError, OSError):
-                pass  # Lightning's own load reports it
+            except (ValueError, OSError) as err:  # one line naming the file, not a traceback
+                raise ValueError(f"--ckpt_path: {err}") from err
         return self._resume_cache
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
@@ -217,6 +220,8 @@ def run_lightning(argv: list[str]) -> None:
 
     from lungvlm.lightning.quiet import quiet_lightning_tips
 
+    check_config_files(argv)
+    check_ckpt_path(argv)
     quiet_lightning_tips()
     # LightningCLI warns when given args that also sit in sys.argv (the console script case).
     args = None if list(argv) == sys.argv[1:] else list(argv)
@@ -224,6 +229,55 @@ def run_lightning(argv: list[str]) -> None:
         # The module tokenises reports before the transfer on purpose (the DataModule does not).
         warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer`")
         _run_cli(args)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Check every ``--config`` file exists and is YAML, with an error naming the file.
+
+    jsonargparse reports a YAML syntax error without the file's name (``"<unicode string>"``).
+
+    Raises:
+        ValueError: a missing, unreadable or malformed config file.
+    """
+    import yaml
+
+    argv = list(argv)
+    paths = [b for a, b in zip(argv, argv[1:], strict=False) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ValueError(f"--config {path}: the file does not exist")
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"--config {path}: cannot read the file: {err}") from err
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+            problem = getattr(err, "problem", None) or str(err)
+            raise ValueError(f"--config {path}: not valid YAML{line}: {problem}") from err
+
+
+def check_ckpt_path(argv: list[str]) -> None:
+    """Read a ``--ckpt_path`` file safely once, so a corrupt one is an error naming it.
+
+    LightningCLI itself reads the file while parsing and lets, e.g., an ``IndexError`` of a
+    truncated file escape as a traceback.
+
+    Raises:
+        ValueError: the file is corrupt or holds objects a safe load refuses.
+    """
+    from lungvlm.lightning.checkpoint import read_checkpoint
+
+    argv = list(argv)
+    paths = [b for a, b in zip(argv, argv[1:], strict=False) if a == "--ckpt_path"]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")]
+    for path in paths:
+        if Path(path).is_file():
+            try:
+                read_checkpoint(path)
+            except (ValueError, OSError) as err:
+                raise ValueError(f"--ckpt_path: {err}") from err
 
 
 def _run_cli(args: list[str] | None) -> None:

@@ -15,12 +15,19 @@ Layout (built in a temporary sibling and renamed into place by
     <out>/overlays/nodule_NN_sentence_MM.png   one overlay per generated sentence
     <out>/dicom/seg.dcm, dicom/sr.dcm          DICOM SEG + SR (DICOM input with >= 1 nodule)
 
+While it is built the folder is ``.<out>.<random>.partial`` holding :data:`WRITER_FILE` (the
+writer's pid); a ``.partial`` folder whose writer is dead (a killed run) is removed by the next
+:func:`write_report_outputs` into the same parent folder (:func:`remove_stale_partials`).
+
 Overlays show an :data:`OVERLAY_FOV_MM` cube around the nodule; heatmaps are resampled from the
 fine crop onto that box only (never onto the whole scan, to bound memory).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -40,7 +47,10 @@ from lungvlm.export.schema import ExamReport
 from lungvlm.export.writer import atomic_output_dir, write_text_atomic
 from lungvlm.inference.nodule_heads import box_around, heatmap_on_original_box
 from lungvlm.inference.report_analysis import ScanAnalysis
+from lungvlm.processes import pid_alive
 from lungvlm.progress import update as progress_update
+
+log = logging.getLogger(__name__)
 
 OVERLAY_FOV_MM = 80.0
 SEGMENTATION_FILE = "segmentation.nii.gz"
@@ -95,6 +105,44 @@ def with_narrative(report: ExamReport, extra_markdown: Sequence[str] = ()) -> Ex
     return replace(report, narrative=narrative)
 
 
+#: Written into a report's ``.partial`` folder while it is built; holds the writer's pid.
+WRITER_FILE = ".writer-pid"
+#: A ``.partial`` folder without :data:`WRITER_FILE` (written before it existed) is stale
+#: after this long untouched.
+UNOWNED_STALE_S = 3600.0
+
+
+def remove_stale_partials(parent: str | Path) -> list[Path]:
+    """Delete ``.<name>.*.partial`` folders in ``parent`` left by a killed ``lungvlm report``.
+
+    A folder is removed when the pid in its :data:`WRITER_FILE` is dead on this machine, or,
+    lacking that file, when it was not modified for :data:`UNOWNED_STALE_S`. The folder of a
+    report still being written is kept.
+
+    Returns:
+        The folders removed.
+    """
+    removed = []
+    parent = Path(parent)
+    if not parent.is_dir():
+        return removed
+    for folder in parent.glob(".*.partial"):
+        if not folder.is_dir():
+            continue
+        try:
+            pid = int((folder / WRITER_FILE).read_text().strip())
+            stale = not pid_alive(pid)
+        except (OSError, ValueError):
+            try:
+                stale = time.time() - folder.stat().st_mtime > UNOWNED_STALE_S
+            except OSError:
+                continue  # removed meanwhile
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def write_report_outputs(
     out_dir: str | Path,
     report: ExamReport,
@@ -126,7 +174,10 @@ def write_report_outputs(
     if labels.shape != tuple(volume.array_hu.shape):
         raise ValueError(f"label_map has shape {labels.shape}; expected {volume.array_hu.shape}")
     out_dir = Path(out_dir)
+    for stale in remove_stale_partials(out_dir.parent):
+        log.warning("removed %s, left by a killed report", stale)
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        (tmp / WRITER_FILE).write_text(str(os.getpid()))  # so a later run can tell it is stale
         start = time.perf_counter()
         overlays = _overlays(tmp, report, analysis, order, volume, labels)
         write_label_nifti(labels, volume, tmp / SEGMENTATION_FILE)
@@ -143,4 +194,5 @@ def write_report_outputs(
         write_case_html(report, overlays, tmp / "index.html")
         write_text_atomic(tmp / "report.md", narrative)
         write_report_json(report, tmp / "report.json")
+        (tmp / WRITER_FILE).unlink()
     return report

@@ -44,6 +44,7 @@ class CaseTask:
         source: the series folder (LIDC, DICOM) or the ``.mhd`` file (LUNA16).
         xml_path: the LIDC read message; ``ignored_xml`` lists further XML files of the series.
         annotations: LUNA16 rows (x, y, z, diameter) in world mm.
+        annotation_rows: (csv path, 1-based line) of each of ``annotations``, for errors.
         candidates: LUNA16 candidate rows (x, y, z, class).
         fold: LUNA16 subset index, None elsewhere.
     """
@@ -54,6 +55,7 @@ class CaseTask:
     xml_path: str | None = None
     ignored_xml: tuple[str, ...] = ()
     annotations: tuple[tuple[float, float, float, float], ...] = ()
+    annotation_rows: tuple[tuple[str, int], ...] = ()
     candidates: tuple[tuple[float, float, float, int], ...] = ()
     fold: int | None = None
 
@@ -170,8 +172,13 @@ def _discover_dicom(src: Path) -> Discovery:
     return out
 
 
-def _read_rows(src: Path, name: str, reader) -> tuple[dict[str, list[tuple]], dict, int]:
-    """Rows of every ``name`` CSV under ``src`` by series; exact repeats across files dropped."""
+def _read_rows(
+    src: Path, name: str, reader, where=None
+) -> tuple[dict[str, list[tuple]], dict, int]:
+    """Rows of every ``name`` CSV under ``src`` by series; exact repeats across files dropped.
+
+    ``where``, when given, collects (path, line) per series in the order of the rows.
+    """
     rows: dict[str, list[tuple]] = {}
     first_at: dict[str, str] = {}
     seen: set[tuple] = set()
@@ -185,13 +192,18 @@ def _read_rows(src: Path, name: str, reader) -> tuple[dict[str, list[tuple]], di
                 continue
             seen.add(key)
             rows.setdefault(row.seriesuid, []).append(value)
+            if where is not None:
+                where.setdefault(row.seriesuid, []).append((str(path), row.row_number))
             first_at.setdefault(row.seriesuid, f"{path} row {row.row_number}")
     return rows, first_at, repeats
 
 
 def _discover_luna16(src: Path) -> Discovery:
     out = Discovery(searched="subset0..subset9/<seriesuid>.mhd")
-    annotations, ann_at, ann_repeats = _read_rows(src, "annotations.csv", read_annotations_csv)
+    rows_at: dict[str, list[tuple[str, int]]] = {}
+    annotations, ann_at, ann_repeats = _read_rows(
+        src, "annotations.csv", read_annotations_csv, rows_at
+    )
     candidates, cand_at, cand_repeats = _read_rows(src, "candidates_V2.csv", read_candidates_csv)
     outside, by_uid = [], {}
     mhds = sorted(src.rglob("*.mhd"))
@@ -216,6 +228,7 @@ def _discover_luna16(src: Path) -> Discovery:
                 "luna16",
                 str(mhd),
                 annotations=tuple(annotations.get(uid, [])),  # type: ignore[arg-type]
+                annotation_rows=tuple(rows_at.get(uid, [])),
                 candidates=tuple(candidates.get(uid, [])),  # type: ignore[arg-type]
                 fold=fold,
             )

@@ -260,9 +260,10 @@ LOADERS: dict[str, Callable[[CaseTask, PreprocessOptions], tuple]] = {
 
 
 def _check_luna_rows(task: CaseTask, volume: CTVolume) -> None:
+    where = task.annotation_rows or [(task.source, i + 1) for i in range(len(task.annotations))]
     rows = [
-        LunaAnnotation(task.case_id, (x, y, z), d, Path(task.source), i + 1)
-        for i, (x, y, z, d) in enumerate(task.annotations)
+        LunaAnnotation(task.case_id, (x, y, z), d, Path(path), line)
+        for (x, y, z, d), (path, line) in zip(task.annotations, where, strict=True)
     ]
     check_rows_inside(volume, rows, task.case_id)
 

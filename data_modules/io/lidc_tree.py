@@ -103,7 +103,14 @@ def scan_lidc_tree(root: str | PathLike[str]) -> LIDCTree:
                 err = DataError(f"{folder}: none of its {n_dcm} .dcm files can be read", folder)
                 tree.problems.append(_problem(root, folder, None, err))
             continue
-        uid = str(header.get("SeriesInstanceUID", ""))
+        uid = str(header.get("SeriesInstanceUID", "") or "")
+        if not uid:  # pydicom reads garbage after the DICM marker leniently
+            err = DataError(
+                f"{folder}: its first DICOM file has no SeriesInstanceUID (corrupt or truncated?)",
+                folder,
+            )
+            tree.problems.append(_problem(root, folder, None, err))
+            continue
         if str(header.get("Modality", "")).upper() != "CT":
             tree.non_ct_folders.append(folder)
             non_ct_uids.add(uid)

@@ -3,10 +3,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from lungvlm.clinical.attenuation import classify_attenuation, measure_hu, solid_component
+from lungvlm.clinical.attenuation import (
+    AttenuationMeasurement,
+    classify_attenuation,
+    measure_hu,
+    solid_component,
+)
+from lungvlm.export.schema import Source
+from lungvlm.inference.nodule_heads import GeneratedSentence, NoduleHeadOutput
+from lungvlm.inference.report_analysis import ReportModel, ReportSettings, ScanAnalysis
+from lungvlm.inference.report_findings import assemble_report, nodule_findings
+from lungvlm.inference.scan import DetectedNodule, ScanSegmentation, prepare_scan
+from lungvlm.labels import CONCEPT_NAMES, LUNGRADS_CATEGORIES
 
 SPACING = (1.0, 1.0, 1.0)
 LUNG_HU, GROUND_GLASS_HU, CORE_HU, TISSUE_HU = -850.0, -650.0, -100.0, 40.0
@@ -123,3 +136,48 @@ def test_no_attenuation_without_lung_or_tissue(background_hu):
 def test_bad_input_is_rejected(mask, image, match):
     with pytest.raises(ValueError, match=match):
         classify_attenuation(mask, image, SPACING)
+
+
+# ------------------------------------------------------------- wiring into the report findings
+def _head(text: str) -> NoduleHeadOutput:
+    probs = dict.fromkeys(LUNGRADS_CATEGORIES, 0.0) | {"3": 1.0}
+    concepts = dict.fromkeys(CONCEPT_NAMES, 0.5) | {"texture": 1.0}  # concept head: solid
+    sentences = [GeneratedSentence(text, 0.9, np.zeros((4, 4, 4), np.float32))]
+    return NoduleHeadOutput(0.0, 0.1, probs, 0.2, concepts, text, sentences, (0, 0, 0))
+
+
+def test_the_image_measurement_wins_over_the_text_and_the_disagreement_is_a_reason():
+    measured = AttenuationMeasurement("part_solid", 6.0, -700.0, 0.1)
+    head = _head("A 12.0 mm solid nodule in the right upper lobe.")
+    findings = nodule_findings(1, head, 13.0, measured)
+    assert (findings.attenuation, findings.solid_component_mm) == ("part_solid", 6.0)
+    assert findings.reasons == [
+        "nodule 1: the image measures part-solid (HU inside the nodule) but the generated text "
+        "says solid; the image measurement is used"
+    ]
+    agreeing = nodule_findings(1, _head("A 12.0 mm part-solid nodule."), 13.0, measured)
+    assert agreeing.reasons == [] and agreeing.solid_component_mm == 6.0
+    # Without an image measurement the text decides, as before.
+    assert nodule_findings(1, head, 13.0, None).attenuation == "solid"
+
+
+def test_report_of_a_core_only_segmentation_measures_the_whole_part_solid_nodule():
+    image, _ = part_solid()
+    prepared = prepare_scan(image, SPACING, 1.0)
+    labels = (radius_vox() <= 3).astype(np.int32)  # the network found only the solid core
+    centre = (16.0, 16.0, 16.0)
+    core = DetectedNodule(1, 0.9, 123, centre, centre, centre, 123.0, 7.0, 7.0, 7.0)
+    segmentation = ScanSegmentation(
+        np.zeros(labels.shape, np.float32), labels, [core], prepared, 1, 1
+    )
+    analysis = ScanAnalysis(prepared, segmentation, [_head("A 7.0 mm solid nodule.")], 3.0)
+    rm = ReportModel(None, Path("model.ckpt"), ReportSettings())
+    report = assemble_report(rm, analysis, [0], "case", Source("scan.nii.gz", "nifti"))
+    (nodule,) = report.nodules
+    # 13.0 mm total (the r = 6 sphere), solid component 6.66 mm: part-solid >= 6 mm total with
+    # a solid component >= 6 to < 8 mm at baseline -> 4A.
+    assert (nodule.mean_diameter_mm, nodule.attenuation) == (13.0, "part_solid")
+    assert nodule.solid_component_mm == pytest.approx(6.66, abs=0.01)
+    assert nodule.lungrads_category == "4A"
+    assert analysis.measured_nodules()[0].mean_diameter_mm == 13.0
+    assert any("the image measures part-solid" in r for r in report.exam.review_reasons)

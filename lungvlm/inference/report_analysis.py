@@ -215,6 +215,7 @@ class ScanAnalysis:
         n_below_threshold: candidates dropped because their candidate probability is below
             the checkpoint's detection threshold.
         candidate_threshold: that threshold; None when the checkpoint has none.
+        hu: per instance, its HU measurement (:meth:`hu_measurements`); None until computed.
     """
 
     prepared: PreparedScan

@@ -29,13 +29,14 @@ class ResumableCSVLogger(CSVLogger):
     """A CSVLogger that keeps the earlier rows of ``metrics.csv`` when a fit resumes.
 
     Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts. With
-    ``keep_until_step`` set (the resumed checkpoint's ``global_step``) the old file is moved
-    aside first, its rows up to that step are written back (later rows were logged after the
-    checkpoint and will be logged again), and new rows are appended. A kill between the two
+    ``keep_until_step`` set (the resumed checkpoint's ``global_step``: the number of steps
+    done, so rows up to ``global_step - 1`` precede it) the old file is moved aside first, its
+    rows before that step are written back (later rows were logged after the checkpoint and
+    will be logged again), and new rows are appended. A kill between the two
     steps leaves ``.metrics.csv.before-resume``, which the next resume reads instead.
 
     Args:
-        keep_until_step: keep rows whose ``step`` is <= this; None starts a fresh file.
+        keep_until_step: keep rows whose ``step`` is below this; None starts a fresh file.
         *args, **kwargs: as :class:`~lightning.pytorch.loggers.CSVLogger`.
     """
 
@@ -68,7 +69,7 @@ class ResumableCSVLogger(CSVLogger):
 
 
 def _rows_until(path: Path, last_step: int) -> tuple[list[str], list[dict[str, str]]]:
-    """Header and rows of a metrics CSV whose ``step`` is <= ``last_step`` (all without one)."""
+    """Header and rows of a metrics CSV whose ``step`` is < ``last_step`` (all without one)."""
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
@@ -76,7 +77,7 @@ def _rows_until(path: Path, last_step: int) -> tuple[list[str], list[dict[str, s
 
     def keep(row: dict[str, str]) -> bool:
         try:
-            return float(row.get("step") or "nan") <= last_step
+            return float(row.get("step") or "-inf") < last_step
         except ValueError:
             return True
 
@@ -190,7 +191,13 @@ class LungVLMCLI(LightningCLI):
                 keep = int(resumed.get("global_step", sys.maxsize))
             kwargs["logger"] = [
                 TensorBoardLogger(run_dir, name="", version="tensorboard"),
-                ResumableCSVLogger(run_dir, name="", version="csv", keep_until_step=keep),
+                ResumableCSVLogger(
+                    run_dir,
+                    name="",
+                    version="csv",
+                    keep_until_step=keep,
+                    flush_logs_every_n_steps=1,
+                ),  # flushed every step: a kill -9 loses at most one row
             ]
         return super().instantiate_trainer(**kwargs)
 

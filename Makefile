@@ -41,6 +41,7 @@ phantom: $(STAMP) ## Write 4 phantom chest CTs with labels, reports and a previe
 STAGE1_CKPT := $(RUNS)/stage1/checkpoints/last.ckpt
 STAGE2_CKPT := $(RUNS)/stage2/checkpoints/last.ckpt
 LANGUAGE_CKPT := $(RUNS)/language/checkpoints/last.ckpt
+STAGE3_CKPT := $(RUNS)/stage3/checkpoints/last.ckpt
 
 train-stage1: $(STAMP) ## Stage 1: masked-volume pretraining of the encoder on phantoms
 	$(VENV)/bin/lungvlm fit --config experiments/base.yaml --config experiments/stage1.yaml
@@ -61,8 +62,10 @@ train-language: $(STAMP) ## Stage language: the report decoder on text (causal L
 $(LANGUAGE_CKPT): | $(STAMP)
 	$(MAKE) train-language
 
-train-stage3: $(STAMP) | $(STAGE2_CKPT) $(LANGUAGE_CKPT) ## Stage 3: grounded vision-language model on phantoms (runs stages 1-2 and the language pretraining first if their checkpoints are missing)
+train-stage3: $(STAMP) | $(STAGE2_CKPT) $(LANGUAGE_CKPT) ## Stage 3: grounded vision-language model on phantoms (runs stages 1-2 and the language pretraining first if their checkpoints are missing), then calibrates it into last_calibrated.ckpt (sentence confidence, and the candidate threshold on validation chests)
 	$(VENV)/bin/lungvlm fit --config experiments/base.yaml --config experiments/stage3.yaml
+	$(VENV)/bin/lungvlm calibrate --ckpt $(STAGE3_CKPT) --no-progress
+	$(VENV)/bin/lungvlm calibrate --ckpt $(STAGE3_CKPT) --detection --no-progress
 
 SWEEP ?= experiments/sweeps/stage2_tiny.yaml
 TRIALS ?=

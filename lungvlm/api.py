@@ -140,9 +140,9 @@ class LungVLM:
         keep_unconfirmed: bool = False,
         overwrite: bool = False,
         progress: ProgressCallback | None = None,
+        keep_identifiers: bool = False,
     ) -> ReportResult:
         """Like :meth:`report`, returning the whole result (report, folder, warnings, analysis)."""
-        from lungvlm.export.schema import Source
         from lungvlm.imaging.lung_mask import lung_mask
         from lungvlm.inference.report_pipeline import PriorScan, generate_report
 
@@ -166,15 +166,13 @@ class LungVLM:
                     pv, lung_mask(pv.array_hu, pv.spacing_mm), float(interval_days)
                 )
             timings["lung_mask"] = time.perf_counter() - start
-            source = Source(
-                str(current.path) if current.path is not None else "<in-memory volume>",
-                current.format,
-                volume.metadata.get("series_instance_uid"),
-            )
+            source = _source(current, keep_identifiers)
             return generate_report(
-                self._rm, volume, lungs, out, source, case_id or _default_case_id(current),
+                self._rm, volume, lungs, out, source,
+                case_id or default_case_id(volume, current.format, current.path, keep_identifiers),
                 current.source_datasets, prior_scan, cascade=cascade, overwrite=overwrite,
                 timings_s=timings, confirm=False if keep_unconfirmed else None,
+                keep_identifiers=keep_identifiers,
             )  # fmt: skip
 
     def report(
@@ -190,6 +188,7 @@ class LungVLM:
         keep_unconfirmed: bool = False,
         overwrite: bool = False,
         progress: ProgressCallback | None = None,
+        keep_identifiers: bool = False,
     ) -> ExamReport:
         """Find, measure and describe the nodules of a scan and grade the exam.
 
@@ -199,13 +198,18 @@ class LungVLM:
             interval_days: days between ``prior`` and ``scan`` (needed with ``prior``).
             out: write the case folder here (report.md/json, index.html, NIfTI label and
                 probability maps, overlays, DICOM SEG/SR for DICOM input); None writes nothing.
-            case_id: the case name in the report (default: the scan's file or folder name).
+            case_id: the case name in the report (default: a pseudonym of the series UID or,
+                without one, of the image content; :mod:`lungvlm.export.identifiers`).
             series_uid: which series of a DICOM folder holding several.
             cascade: segment with the adaptive-resolution cascade.
             keep_unconfirmed: report every segmentation candidate, also those whose generated
                 findings describe no nodule.
             overwrite: replace an existing ``out``.
             progress: called as ``(step, done, total)`` during long steps.
+            keep_identifiers: name the case after the scan's file or folder (unless
+                ``case_id``), record the input path and name the PatientIDs of a prior of
+                another patient; the report says so. Off by default: paths often name the
+                patient.
 
         Returns:
             The :class:`~lungvlm.export.schema.ExamReport` (nodules ranked by malignancy x
@@ -214,7 +218,7 @@ class LungVLM:
         return self.report_result(
             scan, prior, interval_days=interval_days, out=out, case_id=case_id,
             series_uid=series_uid, cascade=cascade, keep_unconfirmed=keep_unconfirmed,
-            overwrite=overwrite, progress=progress,
+            overwrite=overwrite, progress=progress, keep_identifiers=keep_identifiers,
         ).report  # fmt: skip
 
     def ask(
@@ -228,6 +232,7 @@ class LungVLM:
         series_uid: str | None = None,
         cascade: bool = False,
         keep_unconfirmed: bool = False,
+        keep_identifiers: bool = False,
     ) -> NoduleAnswers:
         """Answer questions about one nodule of a scan, numbered as in :meth:`report`.
 
@@ -239,6 +244,8 @@ class LungVLM:
             out: write ``answer.json`` and one heatmap PNG per answer here.
             series_uid: which series of a DICOM folder holding several.
             cascade, keep_unconfirmed: as in :meth:`report` (to number nodules the same way).
+            keep_identifiers: ``answer.json`` names the scan by its path; by default only by
+                its case id (the pseudonym of :meth:`report`).
 
         Returns:
             :class:`~lungvlm.inference.ask.NoduleAnswers`: answers with heatmaps, and the
@@ -255,14 +262,32 @@ class LungVLM:
             scan_label=str(read.path) if read.path is not None else "the scan",
         )  # fmt: skip
         if out is not None:
-            extra = {"scan": str(read.path), "checkpoint": str(self.checkpoint_path)}
+            case_id = default_case_id(read.volume, read.format, read.path, keep_identifiers)
+            extra = {"case_id": case_id, "checkpoint": str(self.checkpoint_path)}
+            if keep_identifiers:
+                extra["scan"] = str(read.path)
             write_answers(out, result, read.volume, extra)
         return result
 
 
-def _default_case_id(scan: _Scan) -> str:
-    if scan.path is None:
-        return "case"
-    from lungvlm.commands.scan_io import scan_name
+def default_case_id(
+    volume: CTVolume, source_format: str, path: Path | None, keep_identifiers: bool = False
+) -> str:
+    """The case id when none is given: the pseudonym of the series UID or the image content
+    (:func:`lungvlm.export.identifiers.case_pseudonym`); with ``keep_identifiers``, the scan's
+    file or folder name (``a.nii.gz`` -> ``a``) as before pseudonyms."""
+    if keep_identifiers and path is not None:
+        from lungvlm.commands.scan_io import scan_name
 
-    return scan_name(scan.path)
+        return scan_name(path)
+    from lungvlm.export.identifiers import case_pseudonym
+
+    return case_pseudonym(volume, source_format)
+
+
+def _source(scan: _Scan, keep_identifiers: bool):
+    """The report's ``source`` (:func:`lungvlm.export.identifiers.report_source`)."""
+    from lungvlm.export.identifiers import report_source
+
+    uid = scan.volume.metadata.get("series_instance_uid")
+    return report_source(scan.path, scan.format, uid, keep_identifiers)

@@ -84,7 +84,7 @@ def test_round_trip_through_json_file(tmp_path):
     path = write_report_json(report, tmp_path / "out" / "report.json")
     data = json.loads(path.read_text(encoding="utf-8"))
     assert list(data)[0] == "schema_version"
-    assert data["schema_version"] == REPORT_SCHEMA_VERSION == "1.0.0"
+    assert data["schema_version"] == REPORT_SCHEMA_VERSION == "1.1.0"
     assert data["nodules"][0]["centroid_world_lps_mm"] == [-12.5, 30.25, -101.0]
     assert data["nodules"][0]["comparison"]["vdt_days"] == 180.0
     assert data["nodules"][1]["comparison"] is None

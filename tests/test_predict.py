@@ -13,6 +13,7 @@ from data_modules.io import write_nifti
 from data_modules.phantom import PhantomConfig, generate_case
 from lungvlm import LungVLM, cli
 from lungvlm.commands.predict import list_scans
+from lungvlm.export.identifiers import is_pseudonym
 from tests.report_fixtures import write_stage3_checkpoint
 
 
@@ -45,7 +46,10 @@ def test_predict_writes_a_report_per_scan_and_resumes(ckpt, scans, tmp_path, cap
     out = tmp_path / "out"
     assert _predict(str(scans), "--ckpt", str(ckpt), "--out", str(out), "--keep-unconfirmed") == 0
     rows = _summary(out)
-    assert [r["case_id"] for r in rows] == ["chest_0", "chest_1"]
+    # Cases are named by pseudonyms of their content, scans by their position in the input.
+    assert all(is_pseudonym(r["case_id"]) for r in rows)
+    assert rows[0]["case_id"] != rows[1]["case_id"]
+    assert [r["scan"] for r in rows] == ["#1", "#2"]
     assert [r["status"] for r in rows] == ["ok", "ok"]
     for row in rows:
         report = json.loads((out / row["case_id"] / "report.json").read_text())
@@ -69,7 +73,7 @@ def test_a_bad_scan_is_listed_and_the_others_are_reported(ckpt, scans, tmp_path)
     assert _predict(str(listing), "--ckpt", str(ckpt), "--out", str(out), "--keep-unconfirmed") == 1
     rows = {r["case_id"]: r for r in _summary(out)}
     assert rows["first"]["status"] == "ok"
-    assert rows["bad"]["status"] == "failed" and "broken.nii.gz" in rows["bad"]["error"]
+    assert rows["bad"]["status"] == "failed" and "<input #2>" in rows["bad"]["error"]
     failures = json.loads((out / "failures.json").read_text())
     assert [f["case_id"] for f in failures] == ["bad"]
     assert not (out / "bad").exists()
@@ -100,7 +104,8 @@ def test_list_scans_errors_name_what_was_searched(tmp_path):
         list_scans(bad_csv)
     duplicate = tmp_path / "dup.csv"
     duplicate.write_text("path\na/scan.nii\nb/scan.nii\n")
-    assert [case for case, _ in list_scans(duplicate)] == ["scan", "scan_2"]
+    assert [case for case, _ in list_scans(duplicate, keep_identifiers=True)] == ["scan", "scan_2"]
+    assert [case for case, _ in list_scans(duplicate)] == [None, None]  # pseudonyms, once read
 
 
 def test_python_api_report_segment_and_ask(ckpt, scans, tmp_path):

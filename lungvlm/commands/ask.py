@@ -14,6 +14,7 @@ from lungvlm.commands.options import (
     add_candidate_options,
     add_ckpt,
     add_device,
+    add_keep_identifiers,
     add_progress,
     add_series_uid,
 )
@@ -39,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="write answer.json and heatmap PNGs here")
     add_candidate_options(parser)
     add_series_uid(parser)
+    add_keep_identifiers(parser)
     add_device(parser)
     add_progress(parser)
     parser.set_defaults(func=run)
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         result = model.ask(
             args.scan, args.question, args.nodule, report_dir=args.report, out=args.out,
             series_uid=args.series_uid, cascade=args.cascade,
-            keep_unconfirmed=args.keep_unconfirmed,
+            keep_unconfirmed=args.keep_unconfirmed, keep_identifiers=args.keep_identifiers,
         )  # fmt: skip
     ev = result.evidence
     print(

@@ -1,5 +1,5 @@
 """Options shared by the commands, spelled once: ``--ckpt``, ``--device``, ``--no-progress``,
-``--phantom-size``, ``--phantom-seeds``, ``--series-uid``.
+``--phantom-size``, ``--phantom-seeds``, ``--series-uid``, ``--keep-identifiers``.
 
 Importing this module costs nothing (argparse only): ``lungvlm COMMAND --help`` stays fast.
 """
@@ -62,6 +62,18 @@ def add_series_uid(parser: argparse.ArgumentParser) -> None:
         "--series-uid",
         default=None,
         help="SeriesInstanceUID to read when a DICOM folder holds several series",
+    )
+
+
+def add_keep_identifiers(parser: argparse.ArgumentParser) -> None:
+    """``--keep-identifiers``: name cases after their input paths (off: pseudonyms)."""
+    parser.add_argument(
+        "--keep-identifiers",
+        action="store_true",
+        help="name the case after the scan's file or folder and record input paths and, for a "
+        "prior of another patient, both PatientIDs (off by default: the case id is a pseudonym "
+        "of the series UID or image content, because PACS exports often name folders after "
+        "the patient); the report says so",
     )
 
 

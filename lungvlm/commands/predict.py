@@ -8,6 +8,12 @@ INPUT is a folder or a CSV file:
 - a **CSV** with a header and a ``path`` column (relative paths are relative to the CSV), and
   optionally ``case_id``.
 
+A scan without a ``case_id`` is named by its pseudonym (``case-`` + 12 hex digits from the series
+UID, or from the image content for NIfTI/MetaImage: :mod:`lungvlm.export.identifiers`), and the
+summary names it by its position in the input (``#3``: the third CSV row, or the third scan in
+path order), never by its path; ``--keep-identifiers`` names cases after their files or folders
+and lists the paths.
+
 Each scan goes through Lightning's predict loop (:mod:`lungvlm.lightning.predict`) on
 ``--device`` (bf16-mixed on a GPU unless ``--precision`` says otherwise) and gets
 ``DIR/<case_id>/`` (the folder of ``lungvlm report``). ``DIR/summary.csv`` has one row per scan
@@ -26,6 +32,7 @@ from lungvlm.commands.options import (
     add_candidate_options,
     add_ckpt,
     add_device,
+    add_keep_identifiers,
     add_progress,
     add_series_uid,
 )
@@ -53,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="processes reading scans ahead of the model (0: read in the main process)")  # fmt: skip
     add_candidate_options(parser)
     add_series_uid(parser)
+    add_keep_identifiers(parser)
     parser.add_argument("--overwrite", action="store_true", help="redo cases that have a report")
     add_device(parser)
     add_progress(parser)
@@ -60,23 +68,34 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def _case_ids(paths: list[Path], given: list[str | None]) -> list[str]:
-    """Case ids: the given ones, else the scan names, made unique with a numeric suffix."""
+def _case_ids(
+    paths: list[Path], given: list[str | None], keep_identifiers: bool = False
+) -> list[str | None]:
+    """Case ids: the given ones, else the scan names with ``keep_identifiers``, else None (the
+    pseudonym, known once the scan is read); names made unique with a numeric suffix."""
     from lungvlm.commands.scan_io import scan_name
 
-    ids, seen = [], {}
-    for path, case_id in zip(paths, given, strict=True):
-        name = case_id or scan_name(path)
+    ids: list[str | None] = []
+    seen: dict[str, int] = {}
+    for index, (path, case_id) in enumerate(zip(paths, given, strict=True)):
+        name = case_id or (scan_name(path) if keep_identifiers else None)
+        if name is None:
+            ids.append(None)
+            continue
         if "/" in name or name in ("", ".", ".."):
-            raise ValueError(f"case_id {name!r} of {path} is not a folder name")
+            where = path if keep_identifiers else f"scan #{index + 1}"
+            raise ValueError(f"case_id {name!r} of {where} is not a folder name")
         count = seen.get(name, 0)
         seen[name] = count + 1
         ids.append(name if count == 0 else f"{name}_{count + 1}")
     return ids
 
 
-def list_scans(source: Path) -> list[tuple[str, Path]]:
+def list_scans(source: Path, keep_identifiers: bool = False) -> list[tuple[str | None, Path]]:
     """(case_id, path) of every scan named by a folder or a CSV (module docstring).
+
+    The case id is the CSV's ``case_id``, else with ``keep_identifiers`` the scan's file or
+    folder name, else None: the pseudonym, set when the scan is read (:class:`ScanListDataset`).
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
@@ -97,9 +116,8 @@ def list_scans(source: Path) -> list[tuple[str, Path]]:
             rows = list(reader)
         paths = [(source.parent / r["path"]).resolve() if not Path(r["path"]).is_absolute()
                  else Path(r["path"]) for r in rows]  # fmt: skip
-        return list(
-            zip(_case_ids(paths, [r.get("case_id") or None for r in rows]), paths, strict=True)
-        )
+        given = [r.get("case_id") or None for r in rows]
+        return list(zip(_case_ids(paths, given, keep_identifiers), paths, strict=True))
     suffixes = NIFTI_SUFFIXES + METAIMAGE_SUFFIXES
     files = sorted(
         p for p in source.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes)
@@ -113,7 +131,7 @@ def list_scans(source: Path) -> list[tuple[str, Path]]:
             f"predict input {source} holds no scan: looked for DICOM files (any depth) and "
             f"{', '.join(suffixes)} files"
         )
-    return list(zip(_case_ids(paths, [None] * len(paths)), paths, strict=True))
+    return list(zip(_case_ids(paths, [None] * len(paths), keep_identifiers), paths, strict=True))
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -131,12 +149,20 @@ def _looks_like_dicom(path: Path) -> bool:
 class ScanListDataset:
     """A map-style dataset of :class:`~lungvlm.lightning.predict.ScanItem` (read on access).
 
-    Reading errors become items with ``error`` set, so one bad scan never stops the run.
+    Reading errors become items with ``error`` set, so one bad scan never stops the run. A scan
+    without a case id gets its pseudonym once read; one that cannot be read is ``input-N``.
+    Unless ``keep_identifiers``, items name their scan by its position (``#N``), also in errors.
     """
 
-    def __init__(self, scans: list[tuple[str, Path]], series_uid: str | None = None) -> None:
+    def __init__(
+        self,
+        scans: list[tuple[str | None, Path]],
+        series_uid: str | None = None,
+        keep_identifiers: bool = False,
+    ) -> None:
         self.scans = scans
         self.series_uid = series_uid
+        self.keep_identifiers = keep_identifiers
 
     def __len__(self) -> int:
         return len(self.scans)
@@ -145,20 +171,25 @@ class ScanListDataset:
         import time
 
         from data_modules.io import DataError
+        from lungvlm.api import default_case_id
         from lungvlm.commands.scan_io import read_volume
+        from lungvlm.export.identifiers import withhold_path
         from lungvlm.lightning.predict import ScanItem
 
         case_id, path = self.scans[index]
+        label = str(path) if self.keep_identifiers else f"#{index + 1}"
         start = time.perf_counter()
         try:
             read = read_volume(path, series_uid=self.series_uid)
         except (DataError, ValueError, OSError) as err:
-            return ScanItem(
-                case_id, path, error=f"{type(err).__name__}: {' '.join(str(err).split())}"
-            )
+            error = f"{type(err).__name__}: {' '.join(str(err).split())}"
+            if not self.keep_identifiers:
+                error = withhold_path(error, path, f"<input {label}>")
+            return ScanItem(case_id or f"input-{index + 1}", path, error=error, label=label)
+        case_id = case_id or default_case_id(read.volume, read.format, path)
         return ScanItem(
             case_id, path, read.volume, read.format, read.source_datasets,
-            read_seconds=time.perf_counter() - start,
+            read_seconds=time.perf_counter() - start, label=label,
         )  # fmt: skip
 
 
@@ -179,17 +210,19 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0; got {args.num_workers}")
-    scans = list_scans(args.input)
+    scans = list_scans(args.input, args.keep_identifiers)
     model = LungVLM.from_checkpoint(args.ckpt, device=args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(
-        ScanListDataset(scans, args.series_uid), batch_size=1, shuffle=False,
+        ScanListDataset(scans, args.series_uid, args.keep_identifiers), batch_size=1,
+        shuffle=False,
         num_workers=args.num_workers, collate_fn=collate_one,
     )  # fmt: skip
     writer = ReportSummaryWriter(args.out, len(scans))
     predictor = ReportPredictor(
-        model.report_model, args.out, args.cascade, args.keep_unconfirmed, args.overwrite
-    )
+        model.report_model, args.out, args.cascade, args.keep_unconfirmed, args.overwrite,
+        args.keep_identifiers,
+    )  # fmt: skip
     precision = None if args.precision == "auto" else args.precision
     trainer = predict_trainer(model.device, precision, [writer])
     with progress_bars(args.progress):

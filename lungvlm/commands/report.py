@@ -14,6 +14,7 @@ from lungvlm.commands.options import (
     add_candidate_options,
     add_ckpt,
     add_device,
+    add_keep_identifiers,
     add_progress,
     add_series_uid,
 )
@@ -40,7 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--interval-days", type=float, default=None,
                         help="days between the prior and this scan (needed with --prior)")  # fmt: skip
     add_candidate_options(parser)
-    parser.add_argument("--case-id", default=None, help="case name (default: the scan's name)")
+    parser.add_argument("--case-id", default=None,
+                        help="case name in the report (default: a pseudonym such as "
+                        "case-1a2b3c4d5e6f from the series UID, or from the image content for "
+                        "NIfTI/MetaImage; never the scan's path)")  # fmt: skip
+    add_keep_identifiers(parser)
     add_series_uid(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_device(parser)
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             args.scan, args.prior, interval_days=args.interval_days, out=args.out,
             case_id=args.case_id, series_uid=args.series_uid, cascade=args.cascade,
             keep_unconfirmed=args.keep_unconfirmed, overwrite=args.overwrite,
+            keep_identifiers=args.keep_identifiers,
         )  # fmt: skip
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)

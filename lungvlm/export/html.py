@@ -23,7 +23,7 @@ from urllib.parse import quote
 from lungvlm.clinical.lungrads import round_diameter_mm
 from lungvlm.export.html_nodule import attenuation_words, nodule_section, plural
 from lungvlm.export.html_nodule import escape_html as _e
-from lungvlm.export.json_report import format_percent, nodule_location
+from lungvlm.export.json_report import format_percent, identifiers_note, nodule_location
 from lungvlm.export.schema import ExamReport, NoduleReport
 from lungvlm.export.writer import write_text_atomic
 from lungvlm.text.schema import round_half_up
@@ -260,6 +260,7 @@ def write_case_html(
     parts.append(
         f'<footer><p class="conf">LungVLM {_e(m.lungvlm_version)}, stage {_e(m.stage)}, '
         f"checkpoint {_e(m.checkpoint_path or 'none')}; schema {_e(report.schema_version)}; "
-        f"source {_e(report.source.path)}</p></footer></body></html>"
+        + (f"source {_e(report.source.path)}; " if report.source.path else "")
+        + f"{_e(identifiers_note(report))}</p></footer></body></html>"
     )
     return write_text_atomic(path, "\n".join(parts) + "\n")

@@ -25,8 +25,11 @@ from lungvlm.text.vocabulary import (
     SIDES,
 )
 
-REPORT_SCHEMA_VERSION = "1.0.0"
+REPORT_SCHEMA_VERSION = "1.1.0"
 SOURCE_FORMATS: tuple[str, ...] = ("dicom", "nifti", "metaimage")
+#: ``source.identifiers``: the input's path and name were withheld (the default) or kept
+#: (``--keep-identifiers``); :mod:`lungvlm.export.identifiers`.
+IDENTIFIER_MODES: tuple[str, ...] = ("withheld", "kept")
 #: Largest allowed amount by which a probability table may miss a sum of 1.
 PROBABILITY_SUM_TOLERANCE = 1e-3
 
@@ -131,14 +134,23 @@ class _Record:
 
 @dataclass
 class Source(_Record):
-    """Where the CT came from: ``path``, ``format`` (dicom|nifti|metaimage), ``series_uid``."""
+    """Where the CT came from: ``path``, ``format`` (dicom|nifti|metaimage), ``series_uid``,
+    and whether identifiers were kept.
 
-    path: str
+    ``identifiers`` is "withheld" (``path`` is None: input paths often name the patient) or
+    "kept" (``--keep-identifiers``; also what a 1.0 report, which had no such field, did).
+    """
+
+    path: str | None
     format: str
     series_uid: str | None = None
+    identifiers: str = "kept"
 
     def __post_init__(self) -> None:
-        _text("path", self.path)
+        _choice("identifiers", self.identifiers, IDENTIFIER_MODES)
+        if self.identifiers == "withheld" and self.path is not None:
+            raise ValueError(f"path={self.path!r} must be null when identifiers are withheld")
+        _text("path", self.path, optional=self.identifiers == "withheld")
         _choice("format", self.format, SOURCE_FORMATS)
         _text("series_uid", self.series_uid, optional=True)
 

@@ -9,7 +9,9 @@ rules), :mod:`lungvlm.inference.report_findings` (assembly), :mod:`lungvlm.infer
 (comparison), :mod:`lungvlm.export.case_folder` (files).
 
 A prior from another patient (both PatientIDs known and different) is not compared: a warning
-is returned and logged, and the narrative says why; the report is still written.
+is returned and logged, and the narrative says why, without either PatientID unless
+``keep_identifiers`` (:func:`lungvlm.export.identifiers.prior_mismatch_message`); the report is
+still written.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pydicom
 from numpy.typing import NDArray
 
 from lungvlm.export.case_folder import with_narrative, write_report_outputs
+from lungvlm.export.identifiers import prior_mismatch_message
 from lungvlm.export.schema import ExamReport, Source
 from lungvlm.inference.prior import (
     MeasuredNodule,
@@ -144,6 +147,7 @@ def generate_report(
     overwrite: bool = False,
     timings_s: dict[str, float] | None = None,
     confirm: bool | None = None,
+    keep_identifiers: bool = False,
 ) -> ReportResult:
     """Analyse a scan, compare it with a prior, assemble and write the report.
 
@@ -163,6 +167,8 @@ def generate_report(
         confirm: report only candidates whose generated findings describe a nodule; None
             (default): only when the checkpoint has no detection threshold
             (:mod:`lungvlm.inference.report_analysis`).
+        keep_identifiers: a prior of another patient is reported with both PatientIDs (by
+            default neither is named).
     """
     analysis = analyse_scan(rm, volume, lung_mask, cascade, confirm)
     analysis.timings_s = {**(timings_s or {}), **analysis.timings_s}
@@ -171,10 +177,7 @@ def generate_report(
         current_id = (getattr(volume, "metadata", None) or {}).get("patient_id")
         prior_id = (getattr(prior.volume, "metadata", None) or {}).get("patient_id")
         if patients_differ(current_id, prior_id):
-            message = (
-                f"prior scan belongs to patient {prior_id!r}, the current scan to {current_id!r}: "
-                "comparison skipped"
-            )
+            message = prior_mismatch_message(current_id, prior_id, keep_identifiers)
             log.warning(message)
             warnings.append(message)
             extra = ["### Comparison", "", f"Not compared: {message}.", ""]

@@ -52,13 +52,16 @@ class ScanItem:
     """One scan to report: its case id and path, and the read volume or the read error.
 
     Attributes:
-        case_id: the case's name, also its folder under the output folder.
+        case_id: the case's name, also its folder under the output folder (a pseudonym unless
+            given or identifiers are kept: :mod:`lungvlm.export.identifiers`).
         path: the scan's folder or file.
         volume: the CTVolume, or None when it could not be read (``error`` says why).
         format: "dicom", "nifti" or "metaimage".
         source_datasets: DICOM slice headers in z order (SEG/SR export), else None.
-        error: the reading error, one line.
+        error: the reading error, one line (naming the scan by ``label``).
         read_seconds: seconds spent reading.
+        label: how the outputs (summary, failures, log) name the scan: its path, or, with
+            identifiers withheld, its position in the input (``#3``); empty: the path.
     """
 
     case_id: str
@@ -68,10 +71,17 @@ class ScanItem:
     source_datasets: list | None = field(default=None, repr=False)
     error: str | None = None
     read_seconds: float = 0.0
+    label: str = ""
+
+    @property
+    def shown(self) -> str:
+        """The scan as the outputs name it (``label``, else the path)."""
+        return self.label or str(self.path)
 
 
-def summary_row(case_id: str, scan: Path, status: str, report: dict | None = None, **extra) -> dict:
-    """A ``summary.csv`` row from a report's JSON dict (``report.json``) or None."""
+def summary_row(case_id: str, scan: str, status: str, report: dict | None = None, **extra) -> dict:
+    """A ``summary.csv`` row from a report's JSON dict (``report.json``) or None; ``scan`` is
+    the scan as the outputs name it (:attr:`ScanItem.shown`)."""
     row = {name: "" for name in SUMMARY_COLUMNS}
     row.update(case_id=case_id, scan=str(scan), status=status)
     if report is not None:
@@ -99,6 +109,10 @@ class ReportPredictor(L.LightningModule):
         cascade: segment with the adaptive-resolution cascade.
         keep_unconfirmed: report every candidate (as ``lungvlm report --keep-unconfirmed``).
         overwrite: redo cases whose report folder exists (else they are skipped).
+        keep_identifiers: record each scan's path in its report (``--keep-identifiers``).
+
+    Two scans with the same case id in one run (the same series twice) get ``_2``, ``_3``, ...
+    in input order, so a rerun gives them the same folders.
     """
 
     def __init__(
@@ -108,6 +122,7 @@ class ReportPredictor(L.LightningModule):
         cascade: bool = False,
         keep_unconfirmed: bool = False,
         overwrite: bool = False,
+        keep_identifiers: bool = False,
     ) -> None:
         super().__init__()
         self.model = report_model.model  # a submodule: Lightning moves it to the device
@@ -116,6 +131,8 @@ class ReportPredictor(L.LightningModule):
         self.cascade = cascade
         self.keep_unconfirmed = keep_unconfirmed
         self.overwrite = overwrite
+        self.keep_identifiers = keep_identifiers
+        self._seen: dict[str, int] = {}
 
     def transfer_batch_to_device(self, batch: ScanItem, device, dataloader_idx: int) -> ScanItem:
         """Scans stay in host memory (NumPy): the pipeline moves windows and crops itself."""
@@ -123,35 +140,45 @@ class ReportPredictor(L.LightningModule):
 
     def predict_step(self, item: ScanItem, batch_idx: int = 0) -> dict:
         """Report one scan; returns its ``summary.csv`` row (status ok, skipped or failed)."""
-        from lungvlm.export.schema import Source
+        from lungvlm.export.identifiers import report_source, withhold_path
         from lungvlm.imaging.lung_mask import lung_mask
         from lungvlm.inference.report_pipeline import generate_report
 
-        folder = self.out_dir / item.case_id
+        count = self._seen.get(item.case_id, 0)
+        self._seen[item.case_id] = count + 1
+        case_id = item.case_id if count == 0 else f"{item.case_id}_{count + 1}"
+        folder = self.out_dir / case_id
         if (folder / "report.json").is_file() and not self.overwrite:
             report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-            return summary_row(item.case_id, item.path, "skipped", report, report_folder=folder)
+            return summary_row(case_id, item.shown, "skipped", report, report_folder=folder)
         if item.error is not None:
-            return summary_row(item.case_id, item.path, "failed", error=item.error)
+            return summary_row(case_id, item.shown, "failed", error=item.error)
         start = time.perf_counter()
         try:
             volume = item.volume
             timings = {"read": item.read_seconds}
             lungs = lung_mask(volume.array_hu, volume.spacing_mm)
             timings["lung_mask"] = time.perf_counter() - start
-            source = Source(str(item.path), item.format, volume.metadata.get("series_instance_uid"))
+            source = report_source(
+                item.path, item.format, volume.metadata.get("series_instance_uid"),
+                self.keep_identifiers,
+            )  # fmt: skip
             result = generate_report(
-                self.report_model, volume, lungs, folder, source, item.case_id,
+                self.report_model, volume, lungs, folder, source, case_id,
                 item.source_datasets, None, cascade=self.cascade, overwrite=self.overwrite,
                 timings_s=timings, confirm=False if self.keep_unconfirmed else None,
+                keep_identifiers=self.keep_identifiers,
             )  # fmt: skip
         except (ValueError, OSError, RuntimeError) as err:
-            log.warning("%s (%s): %s", item.case_id, item.path, err)
-            return summary_row(item.case_id, item.path, "failed", error=_one_line(err))
+            error = _one_line(err)
+            if not self.keep_identifiers:
+                error = withhold_path(error, item.path, f"<input {item.shown}>")
+            log.warning("%s (%s): %s", case_id, item.shown, error)
+            return summary_row(case_id, item.shown, "failed", error=error)
         report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
         seconds = round(item.read_seconds + time.perf_counter() - start, 2)
         return summary_row(
-            item.case_id, item.path, "ok", report, seconds=seconds, report_folder=result.folder
+            case_id, item.shown, "ok", report, seconds=seconds, report_folder=result.folder
         )
 
 

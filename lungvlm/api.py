@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from lungvlm.export.schema import ExamReport
     from lungvlm.imaging.volume import CTVolume
     from lungvlm.inference.ask import NoduleAnswers
+    from lungvlm.inference.guard import InferenceGuard
     from lungvlm.inference.report_analysis import ReportModel
     from lungvlm.inference.report_pipeline import ReportResult
     from lungvlm.inference.scan import ScanSegmentation
@@ -72,12 +73,20 @@ class LungVLM:
         self.device = device
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> LungVLM:
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "auto", guard: InferenceGuard | None = None
+    ) -> LungVLM:
         """Load a stage-3 (``vision_language``) checkpoint, safely (``weights_only=True``).
 
         Args:
             path: a checkpoint written by ``lungvlm fit`` (calibrated or not).
             device: "auto" (a CUDA GPU when present, else the CPU), "cpu", "cuda" or "cuda:N".
+            guard: limits of every whole-scan run (:mod:`lungvlm.inference.guard`): a memory
+                budget checked before resampling, and at most so many candidates, none larger
+                than a chest finding, checked right after the segmentation (a ``GuardError``
+                then stops the run before the nodule heads). None (default) checks nothing;
+                ``lungvlm report`` and ``predict`` pass ``InferenceGuard()`` unless
+                ``--no-guard``.
 
         Raises:
             ValueError: a missing or unreadable file, a checkpoint of another stage, or one
@@ -87,7 +96,9 @@ class LungVLM:
         from lungvlm.inference.report_analysis import load_report_model
 
         resolved = resolve_device(device)
-        return cls(load_report_model(path, map_location=resolved), resolved)
+        report_model = load_report_model(path, map_location=resolved)
+        report_model.guard = guard
+        return cls(report_model, resolved)
 
     @property
     def checkpoint_path(self) -> Path:

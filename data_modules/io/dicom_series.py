@@ -97,6 +97,17 @@ def list_series(folder: str | PathLike[str], recursive: bool = False) -> dict[st
     return {uid: [p for p, _ in items] for uid, items in groups.items()}
 
 
+def describe_series(groups: dict[str, list[tuple[Path, Dataset]]]) -> str:
+    """One line listing series by UID with their slice count and SeriesDescription."""
+    parts = []
+    for uid in sorted(groups):
+        items = groups[uid]
+        description = str(items[0][1].get("SeriesDescription") or "").strip()
+        about = f"{len(items)} slice(s)" + (f", {description!r}" if description else "")
+        parts.append(f"{uid} ({about})")
+    return "; ".join(parts)
+
+
 def read_first_header(folder: str | PathLike[str]) -> Dataset | None:
     """Header (no pixels) of the first DICOM file, by name, directly inside ``folder``.
 
@@ -269,12 +280,15 @@ def read_dicom_series(
     groups = _scan_headers(folder, recursive)
     if series_uid is None and len(groups) > 1:
         raise MultipleSeriesError(
-            f"folder {folder} holds {len(groups)} series {sorted(groups)}; pass series_uid",
+            f"folder {folder} holds {len(groups)} series: {describe_series(groups)}; choose one "
+            "with --series-uid UID (Python: series_uid=UID)",
             folder,
         )
     if series_uid is not None and series_uid not in groups:
         raise NoDicomError(
-            f"no file of series {series_uid} in folder {folder}; found {sorted(groups)}", folder
+            f"no file of series {series_uid} (--series-uid) in folder {folder}; it holds "
+            f"{len(groups)} series: {describe_series(groups)}",
+            folder,
         )
     items = groups[series_uid] if series_uid is not None else next(iter(groups.values()))
     _check_geometry(items)

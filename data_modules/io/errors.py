@@ -67,4 +67,10 @@ class PointOutsideImageError(DataError):
 
 
 class NiftiError(DataError):
-    """A NIfTI file that SimpleITK cannot read or write."""
+    """A NIfTI file that SimpleITK cannot read or write, or whose compressed stream or raw voxels
+    are broken (truncated gzip, CRC error, non-finite voxels, zero spacing)."""
+
+
+class ImplausibleImageError(DataError):
+    """An image that was read but that no CT scanner produces: non-finite voxels, or a voxel
+    spacing outside :data:`data_modules.io.checks.SPACING_RANGE_MM`."""

@@ -3,10 +3,20 @@
 NIfTI stores a RAS affine; ITK converts it to LPS on read and back on write (negating the first
 two world axes), so a :class:`CTVolume` read here shares its conventions with the DICOM and
 MetaImage readers.
+
+ITK's NIfTI reader is lenient in three ways that turn a broken file into a plausible-looking
+scan: it fills the missing part of a truncated file (``.nii`` or ``.nii.gz``) with zeros, reads
+NaN and inf voxels as 0, and reads a zero ``pixdim`` as 1 mm. :func:`read_nifti` therefore
+checks the file itself first (:func:`check_nifti_file`): the whole gzip stream (its CRC and
+length), the data size the header asks for, the header's voxel size, and the raw float voxels
+(with nibabel, before any cast).
 """
 
 from __future__ import annotations
 
+import gzip
+import math
+import zlib
 from os import PathLike
 from pathlib import Path
 
@@ -14,19 +24,91 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import ArrayLike
 
+from data_modules.io.checks import check_finite
 from data_modules.io.errors import NiftiError
 from lungvlm.imaging.volume import CTVolume
+
+_CHUNK_BYTES = 1 << 24  # gzip is checked in 16 MiB pieces: no full-size copy in memory
+
+
+def _stream_bytes(path: Path) -> int:
+    """Bytes of the (decompressed) file; a ``.gz`` is decompressed to its end, which checks its
+    CRC and length (zlib alone stops silently at a cut)."""
+    if not path.name.lower().endswith(".gz"):
+        return path.stat().st_size
+    total = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while chunk := handle.read(_CHUNK_BYTES):
+                total += len(chunk)
+    except EOFError as exc:
+        raise NiftiError(
+            f"NIfTI {path} is truncated: its gzip stream ends after {total} bytes, before the "
+            f"end-of-stream marker ({exc}); download or copy it again",
+            path,
+        ) from exc
+    except (OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise NiftiError(
+            f"NIfTI {path} is a corrupt gzip file ({exc}); download or copy it again", path
+        ) from exc
+    return total
+
+
+def check_nifti_file(path: str | PathLike[str]) -> None:
+    """Check what ITK's reader would silently repair: truncation, zero voxel size, NaN/inf.
+
+    Raises:
+        NiftiError: a corrupt or truncated gzip stream, less voxel data than the header
+            describes, a ``pixdim`` that is not a positive number of mm, or a header nibabel
+            cannot parse.
+        ImplausibleImageError: NaN or inf among the raw float voxels.
+    """
+    import nibabel  # a NIfTI reader that keeps the raw voxels (ITK replaces NaN by 0)
+
+    path = Path(path)
+    size = _stream_bytes(path)
+    try:
+        image = nibabel.load(str(path))
+        header = image.header
+        shape = tuple(int(n) for n in header.get_data_shape())
+        dtype = np.dtype(header.get_data_dtype())
+        offset = int(header.get_data_offset())
+        zooms = [float(z) for z in header.get_zooms()[:3]]
+    except Exception as exc:  # nibabel raises many types on a malformed header
+        raise NiftiError(f"cannot read NIfTI header of {path}: {exc}", path) from exc
+    expected = offset + math.prod(shape) * dtype.itemsize
+    if size < expected:
+        raise NiftiError(
+            f"NIfTI {path} is truncated: it holds {size} bytes but its header (shape {shape}, "
+            f"{dtype}) needs {expected}; download or copy it again",
+            path,
+        )
+    for axis, zoom in zip("xyz", zooms, strict=False):
+        if not (math.isfinite(zoom) and zoom > 0):
+            raise NiftiError(
+                f"NIfTI {path}: header voxel size (pixdim) along {axis} is {zoom:g} mm; it must "
+                "be a positive number of mm (ITK would silently read it as 1 mm)",
+                path,
+            )
+    if dtype.kind in "fc":  # only float voxels can be NaN or inf
+        raw = np.asanyarray(image.dataobj.get_unscaled())
+        # nibabel's array is (x, y, z[, t]); the transpose is a (z, y, x) view, no copy
+        check_finite(raw.T, path, what="raw voxels")
 
 
 def read_nifti(path: str | PathLike[str]) -> CTVolume:
     """Read a 3-D NIfTI (.nii / .nii.gz) as float32 (z, y, x) with LPS geometry in mm.
 
-    Metadata: ``source_path``. Values are taken as HU: a mask comes back as 0.0/1.0.
+    The file is checked first (:func:`check_nifti_file`). Metadata: ``source_path``. Values are
+    taken as HU: a mask comes back as 0.0/1.0.
 
     Raises:
-        NiftiError: SimpleITK cannot read the file, or the image is not 3-D scalar.
+        NiftiError: a truncated or corrupt file, a non-positive voxel size in the header,
+            SimpleITK cannot read the file, or the image is not 3-D scalar.
+        ImplausibleImageError: NaN or inf voxels.
     """
     path = Path(path)
+    check_nifti_file(path)
     try:
         image = sitk.ReadImage(str(path))
         return CTVolume.from_sitk(image, {"source_path": str(path)})

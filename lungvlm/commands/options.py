@@ -7,8 +7,16 @@ Importing this module costs nothing (argparse only): ``lungvlm COMMAND --help`` 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
+from lungvlm.inference.guard import (  # constants and a dataclass: no heavy import
+    DEFAULT_MAX_CANDIDATES,
+    DEFAULT_MAX_MEMORY_GIB,
+    MAX_FINDING_DIAMETER_MM,
+    MAX_FINDING_VOLUME_MM3,
+    InferenceGuard,
+)
 from lungvlm.labels import PHANTOM_SIZES  # a constants module: no heavy import
 
 
@@ -75,6 +83,64 @@ def add_keep_identifiers(parser: argparse.ArgumentParser) -> None:
         "of the series UID or image content, because PACS exports often name folders after "
         "the patient); the report says so",
     )
+
+
+def _count_at_least_1(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _gib(text: str) -> float:
+    """argparse type: a finite memory size in GiB > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in GiB, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite size in GiB > 0, got {value}")
+    return value
+
+
+def add_guard_options(parser: argparse.ArgumentParser) -> None:
+    """``--max-candidates``, ``--no-guard``, ``--max-memory-gb``: limits of a whole-scan run
+    (:mod:`lungvlm.inference.guard`); :func:`guard_from_args` builds the guard."""
+    parser.add_argument(
+        "--max-candidates",
+        type=_count_at_least_1,
+        default=DEFAULT_MAX_CANDIDATES,
+        help=f"stop when the segmentation finds more candidate components than this on one "
+        f"scan (default {DEFAULT_MAX_CANDIDATES}): a checkpoint that fires on much of the chest "
+        "would otherwise run the nodule heads on each of them",
+    )
+    parser.add_argument(
+        "--no-guard",
+        dest="guard",
+        action="store_false",
+        help=f"go on however many candidates the segmentation finds and however large they are "
+        f"(by default a run stops after the segmentation when one component measures over "
+        f"{MAX_FINDING_DIAMETER_MM:g} mm or {MAX_FINDING_VOLUME_MM3 / 1e6:.2f} litres, or when "
+        "there are more than --max-candidates); the memory budget still applies",
+    )
+    parser.add_argument(
+        "--max-memory-gb",
+        type=_gib,
+        default=DEFAULT_MAX_MEMORY_GIB,
+        help=f"memory budget of one scan's run in GiB (default {DEFAULT_MAX_MEMORY_GIB:g}): a "
+        "scan whose resampled grid would need more is refused before resampling",
+    )
+
+
+def guard_from_args(args: argparse.Namespace) -> InferenceGuard:
+    """The :class:`InferenceGuard` of ``--max-candidates``, ``--no-guard``, ``--max-memory-gb``."""
+    if not args.guard:
+        return InferenceGuard.memory_only(args.max_memory_gb)
+    return InferenceGuard(max_candidates=args.max_candidates, max_memory_gib=args.max_memory_gb)
 
 
 def add_phantom_size(parser: argparse.ArgumentParser) -> None:

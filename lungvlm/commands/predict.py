@@ -32,9 +32,11 @@ from lungvlm.commands.options import (
     add_candidate_options,
     add_ckpt,
     add_device,
+    add_guard_options,
     add_keep_identifiers,
     add_progress,
     add_series_uid,
+    guard_from_args,
 )
 
 #: Precision choices of ``--precision`` (Lightning's names); auto: bf16-mixed on a GPU.
@@ -59,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, default=1,
                         help="processes reading scans ahead of the model (0: read in the main process)")  # fmt: skip
     add_candidate_options(parser)
+    add_guard_options(parser)
     add_series_uid(parser)
     add_keep_identifiers(parser)
     parser.add_argument("--overwrite", action="store_true", help="redo cases that have a report")
@@ -211,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0; got {args.num_workers}")
     scans = list_scans(args.input, args.keep_identifiers)
-    model = LungVLM.from_checkpoint(args.ckpt, device=args.device)
+    model = LungVLM.from_checkpoint(args.ckpt, device=args.device, guard=guard_from_args(args))
     args.out.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(
         ScanListDataset(scans, args.series_uid, args.keep_identifiers), batch_size=1,

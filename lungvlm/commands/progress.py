@@ -1,20 +1,57 @@
-"""Rich progress bars on stderr for the commands: one bar per step the library reports."""
+"""Progress on stderr for the commands: one rich bar per step the library reports, or, when
+stderr is not a terminal (a log file, a pipe, a batch job), plain lines for the long steps."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import TextIO
 
 from lungvlm import progress
+
+#: Without a terminal, a step gets a line once it has run this many seconds (short steps stay
+#: silent), then one at most every :data:`PLAIN_LINE_EVERY_S` seconds, and one when it ends.
+PLAIN_LINE_AFTER_S = 5.0
+PLAIN_LINE_EVERY_S = 30.0
+
+
+class PlainProgressLines:
+    """A :data:`lungvlm.progress.ProgressCallback` writing ``step: done/total (N s)`` lines.
+
+    Args:
+        stream: where the lines go (stderr).
+        clock: seconds, monotonic (tests pass a fake one).
+    """
+
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.clock = clock
+        self._started: dict[str, float] = {}
+        self._last_line: dict[str, float | None] = {}
+
+    def __call__(self, step: str, done: int, total: int | None) -> None:
+        now = self.clock()
+        if step not in self._started or done == 0:  # a new run of this step (e.g. a new scan)
+            self._started[step], self._last_line[step] = now, None
+        elapsed = now - self._started[step]
+        last = self._last_line[step]
+        finished = total is not None and done >= total
+        due = elapsed >= PLAIN_LINE_AFTER_S and (last is None or now - last >= PLAIN_LINE_EVERY_S)
+        if due or (finished and last is not None):
+            of = f"/{total}" if total is not None else ""
+            print(f"{step}: {done}{of} ({elapsed:.0f} s)", file=self.stream, flush=True)
+            self._last_line[step] = now
 
 
 @contextlib.contextmanager
 def progress_bars(enabled: bool = True) -> Iterator[None]:
-    """Draw a rich bar for every :func:`lungvlm.progress.update` step inside the block.
+    """Show every :func:`lungvlm.progress.update` step inside the block on stderr.
 
-    Bars go to stderr (stdout keeps the command's results). With ``enabled`` False, or when
-    stderr is not a terminal and rich cannot draw, the block runs without bars.
+    On a terminal each step gets a rich bar; otherwise long steps get plain lines
+    (:class:`PlainProgressLines`), so a run written to a log never looks like a hang. With
+    ``enabled`` False nothing is shown.
     """
     if not enabled:
         yield
@@ -30,6 +67,10 @@ def progress_bars(enabled: bool = True) -> Iterator[None]:
     )
 
     console = Console(file=sys.stderr)
+    if not console.is_terminal:
+        with progress.listening(PlainProgressLines(sys.stderr)):
+            yield
+        return
     bars = Progress(
         TextColumn("{task.description:<22}"),
         BarColumn(),

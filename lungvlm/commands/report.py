@@ -14,9 +14,11 @@ from lungvlm.commands.options import (
     add_candidate_options,
     add_ckpt,
     add_device,
+    add_guard_options,
     add_keep_identifiers,
     add_progress,
     add_series_uid,
+    guard_from_args,
 )
 
 
@@ -41,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--interval-days", type=float, default=None,
                         help="days between the prior and this scan (needed with --prior)")  # fmt: skip
     add_candidate_options(parser)
+    add_guard_options(parser)
     parser.add_argument("--case-id", default=None,
                         help="case name in the report (default: a pseudonym such as "
                         "case-1a2b3c4d5e6f from the series UID, or from the image content for "
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.prior is not None and args.interval_days is None:
         raise ValueError("--prior needs --interval-days (days between the prior and this scan)")
-    model = LungVLM.from_checkpoint(args.ckpt, device=args.device)
+    model = LungVLM.from_checkpoint(args.ckpt, device=args.device, guard=guard_from_args(args))
     if model.report_model.settings.candidate_threshold is None:
         print(
             f"note: {args.ckpt} has no detection threshold; candidates are kept when their "

@@ -13,6 +13,7 @@ from typing import Literal
 import pydicom
 
 from data_modules.io import DataError, read_dicom_series, read_metaimage, read_nifti
+from data_modules.io.checks import check_finite, check_spacing
 from lungvlm.imaging.volume import CTVolume
 
 #: Fewest slices of a scan: a single slice is not a CT volume.
@@ -75,7 +76,9 @@ def read_volume(
 
     Raises:
         DataError: a missing path, an unknown format, a reader error (naming the file and the
-            problem), or a single slice.
+            problem: truncated or corrupt file, missing slice, several series without
+            ``series_uid``), a single slice, a voxel spacing outside
+            :data:`~data_modules.io.checks.SPACING_RANGE_MM`, or NaN/inf voxels.
     """
     path = Path(path)
     if not path.exists():
@@ -104,4 +107,6 @@ def read_volume(
             "volume",
             path,
         )
+    check_spacing(volume.spacing_mm, path)
+    check_finite(volume.array_hu, path)
     return ScanFile(volume, kind, path, sources)

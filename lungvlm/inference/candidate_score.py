@@ -21,6 +21,7 @@ from torch import nn
 
 from lungvlm.clinical.hu import HU_AIR, default_normalization, normalize_hu
 from lungvlm.inference.nodule_heads import sample_crop
+from lungvlm.progress import update as progress_update
 
 
 def has_candidate_head(model: nn.Module) -> bool:
@@ -65,6 +66,7 @@ def candidate_probabilities(
     parameter = next(iter(model.parameters()), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     probabilities: list[float] = []
+    progress_update("candidate scores", 0, len(centres_vox))
     for first in range(0, len(centres_vox), batch_size):
         centres = centres_vox[first : first + batch_size]
         fine = np.stack([sample_crop(image, c, crop_size_vox, 1.0, pad) for c in centres])
@@ -75,4 +77,5 @@ def candidate_probabilities(
         features = model.encoder(torch.from_numpy(fine)[:, None].to(device), context)
         logits = model.candidate_head(features)
         probabilities += torch.sigmoid(logits.float()).cpu().tolist()
+        progress_update("candidate scores", len(probabilities), len(centres_vox))
     return probabilities

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from numpy.typing import ArrayLike, NDArray
 from torch import nn
 
+from lungvlm.inference.guard import InferenceGuard
 from lungvlm.inference.scan import (
     MIN_NODULE_VOLUME_MM3,
     PreparedScan,
@@ -115,11 +116,12 @@ def segment_scan_cascade(
     triage_threshold: float = 0.1,
     triage_margin_mm: float = 8.0,
     progress: bool = False,
+    guard: InferenceGuard | None = None,
 ) -> ScanSegmentation:
     """Segment a prepared scan with the adaptive-resolution cascade (module docstring).
 
-    Arguments are those of :func:`lungvlm.inference.scan.segment_scan` plus the triage settings
-    of :func:`triage_candidates`. The result's ``windows_processed`` counts full-resolution
+    Arguments are those of :func:`lungvlm.inference.scan.segment_scan` (``guard`` checks the
+    full pass's components) plus the triage settings of :func:`triage_candidates`. The result's ``windows_processed`` counts full-resolution
     windows only; ``details`` holds the triage pass's numbers and ``timings_s["triage"]`` its
     seconds.
     """
@@ -151,6 +153,7 @@ def segment_scan_cascade(
         lung_margin_mm=0.0,
         region=region,
         progress=progress,
+        guard=guard,
     )
     result.timings_s["lung_mask"] += lung_s
     result.timings_s["triage"] = details.pop("triage_s")

@@ -82,6 +82,7 @@ from lungvlm.clinical.emphysema import emphysema_severity, laa950_percent
 from lungvlm.clinical.hu import denormalize_hu
 from lungvlm.imaging.volume import affine_lps
 from lungvlm.inference.cascade import segment_scan_cascade
+from lungvlm.inference.guard import GuardError, InferenceGuard
 from lungvlm.inference.nodule_heads import NoduleHeadOutput, run_nodule_heads
 from lungvlm.inference.prior import MeasuredNodule
 from lungvlm.inference.scan import (
@@ -141,11 +142,17 @@ class ReportSettings:
 
 @dataclass
 class ReportModel:
-    """A loaded stage-3 model with its checkpoint path and inference settings."""
+    """A loaded stage-3 model with its checkpoint path and inference settings.
+
+    ``guard``: the limits of each whole-scan run (:mod:`lungvlm.inference.guard`), checked by
+    :func:`segment_volume`; None (the library's default) checks nothing. The commands set
+    :class:`~lungvlm.inference.guard.InferenceGuard` defaults unless told ``--no-guard``.
+    """
 
     model: object
     checkpoint_path: Path
     settings: ReportSettings
+    guard: InferenceGuard | None = None
 
 
 def settings_from_checkpoint(checkpoint: dict) -> ReportSettings:
@@ -289,21 +296,41 @@ def measure_instances_hu(segmentation: ScanSegmentation) -> list[HUMeasurement]:
     return out
 
 
+def scan_label(volume) -> str:
+    """The file or folder a volume was read from (its metadata), else "the in-memory scan"."""
+    metadata = getattr(volume, "metadata", None) or {}
+    return str(metadata.get("source_path") or metadata.get("source_folder") or "the in-memory scan")
+
+
 def segment_volume(
     rm: ReportModel, volume, lung_mask: NDArray, cascade: bool = False
 ) -> tuple[PreparedScan, ScanSegmentation, float]:
-    """Prepare and segment a scan; returns (prepared, segmentation, seconds)."""
+    """Prepare and segment a scan; returns (prepared, segmentation, seconds).
+
+    With ``rm.guard`` set, the memory budget is checked before resampling and the components
+    right after the segmentation, before the candidate head scores them.
+
+    Raises:
+        GuardError: a guard limit, the message naming the scan and the checkpoint.
+    """
     s = rm.settings
     start = time.perf_counter()
-    prepared = prepare_scan(
-        volume.array_hu, volume.spacing_mm, s.spacing_mm, rm.model.normalization,
-        affine=affine_lps(volume.spacing_mm, volume.origin_lps_mm, getattr(volume, "direction", None)),
-    )  # fmt: skip
-    segment = segment_scan_cascade if cascade else segment_scan
-    segmentation = segment(
-        rm.model, prepared, roi_size_vox=s.crop_size_vox, lung_mask=lung_mask,
-        context_scale=s.context_scale,
-    )  # fmt: skip
+    try:
+        if rm.guard is not None:
+            rm.guard.check_memory(volume.array_hu.shape, volume.spacing_mm, (s.spacing_mm,) * 3)
+        prepared = prepare_scan(
+            volume.array_hu, volume.spacing_mm, s.spacing_mm, rm.model.normalization,
+            affine=affine_lps(volume.spacing_mm, volume.origin_lps_mm, getattr(volume, "direction", None)),
+        )  # fmt: skip
+        segment = segment_scan_cascade if cascade else segment_scan
+        segmentation = segment(
+            rm.model, prepared, roi_size_vox=s.crop_size_vox, lung_mask=lung_mask,
+            context_scale=s.context_scale, guard=rm.guard,
+        )  # fmt: skip
+    except GuardError as err:
+        raise type(err)(
+            f"{scan_label(volume)} with checkpoint {rm.checkpoint_path}: {err}"
+        ) from None
     return prepared, segmentation, time.perf_counter() - start
 
 

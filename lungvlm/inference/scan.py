@@ -34,6 +34,7 @@ from lungvlm.clinical.measure import measure_nodule
 from lungvlm.imaging.resample import resample_grid
 from lungvlm.imaging.volume import affine_lps
 from lungvlm.inference.candidate_score import candidate_probabilities, has_candidate_head
+from lungvlm.inference.guard import InferenceGuard
 from lungvlm.inference.windows import dilate_mm, sliding_window_probability, window_selector
 from lungvlm.metrics.segmentation import label_components
 
@@ -245,15 +246,23 @@ def extract_instances(
     prepared: PreparedScan,
     threshold: float = 0.5,
     min_volume_mm3: float = MIN_NODULE_VOLUME_MM3,
+    guard: InferenceGuard | None = None,
 ) -> tuple[NDArray[np.int32], list[DetectedNodule]]:
     """Connected components (26-connected) of ``probability >= threshold``, measured.
 
     Components smaller than ``min_volume_mm3`` are dropped; each kept one is measured with
-    :func:`lungvlm.clinical.measure.measure_nodule` at the prepared spacing.
+    :func:`lungvlm.clinical.measure.measure_nodule` at the prepared spacing. A ``guard`` checks
+    the component count before they are measured and their sizes after.
+
+    Raises:
+        RunawayInferenceError: a ``guard`` limit is exceeded
+            (:mod:`lungvlm.inference.guard`).
     """
     voxel_mm3 = float(np.prod(prepared.spacing_mm))
     min_voxels = max(1, math.ceil(min_volume_mm3 / voxel_mm3 - 1e-9))
     labels, components = label_components(probability, threshold, min_voxels, score="max")
+    if guard is not None:
+        guard.check_count(len(components))
     instances = []
     for comp in components:
         size = measure_nodule(labels[comp.bbox] == comp.label, prepared.spacing_mm)
@@ -271,6 +280,10 @@ def extract_instances(
                 long_axis_mm=size.long_axis_mm,
                 short_axis_mm=size.short_axis_mm,
             )
+        )
+    if guard is not None:
+        guard.check_sizes(
+            [n.mean_diameter_mm for n in instances], [n.volume_mm3 for n in instances]
         )
     return labels, instances
 
@@ -323,6 +336,7 @@ def segment_scan(
     lung_margin_mm: float = 5.0,
     region: NDArray[np.bool_] | None = None,
     progress: bool = False,
+    guard: InferenceGuard | None = None,
 ) -> ScanSegmentation:
     """Segment a prepared scan by sliding windows and list its nodules.
 
@@ -341,6 +355,8 @@ def segment_scan(
         lung_margin_mm: dilation of the lung mask (mm).
         region: optional boolean prepared-grid mask; only windows touching it run (the cascade).
         progress: show a progress bar over window batches.
+        guard: limits checked on the components right after the segmentation, before the
+            candidate head scores them (:mod:`lungvlm.inference.guard`); None checks nothing.
 
     With a candidate head on the model, every instance gets ``candidate_probability`` (crops of
     ``roi_size_vox``, ``sw_batch_size`` per forward pass) and instances are ranked by it
@@ -360,7 +376,7 @@ def segment_scan(
         prob[~mask] = 0.0
     timings["sliding_window"] = time.perf_counter() - start
     start = time.perf_counter()
-    labels, instances = extract_instances(prob, prepared, threshold, min_volume_mm3)
+    labels, instances = extract_instances(prob, prepared, threshold, min_volume_mm3, guard)
     timings["components"] = time.perf_counter() - start
     if has_candidate_head(model):
         sides = {int(v) for v in np.broadcast_to(np.asarray(roi_size_vox), (3,))}

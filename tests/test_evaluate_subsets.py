@@ -175,3 +175,33 @@ def test_report_figures_per_subset_by_hand():
     assert diff["seconds_per_chest"] == {"difference": -4.0}
     assert diff["diameter_median_abs_error_mm"] == {"difference": -0.25}
     assert diff["diameter_median_abs_error_part_solid_mm"] == {"difference": None}
+
+
+def test_seed_list_adds_thick_low_dose_chests_after_stop():
+    from lungvlm.commands.evaluate import phantom_seed_list
+    from lungvlm.evaluation.subsets import profile_subset
+
+    def subset(seed):
+        return profile_subset(phantom_profile(seed, "tiny"))
+
+    assert phantom_seed_list("2000000:2000004", size="tiny") == [2000000, 2000001, 2000002, 2000003]
+    seeds = phantom_seed_list("2000000:2000004", 3, size="tiny")
+    assert seeds[:4] == [2000000, 2000001, 2000002, 2000003]
+    assert sum(subset(s) == "thick_low_dose" for s in seeds) == 3
+    extra = seeds[4:]
+    assert extra == sorted(extra) and extra[0] > 2000003
+    assert all(subset(s) == "thick_low_dose" for s in extra)
+    # every skipped seed between STOP and the last added one is outside the subset
+    skipped = set(range(2000004, extra[-1])) - set(extra)
+    assert all(subset(s) != "thick_low_dose" for s in skipped)
+    # the default seeds get the default minimum
+    default = phantom_seed_list(None, size="tiny")
+    assert default[:20] == list(range(2000000, 2000020))
+    assert sum(subset(s) == "thick_low_dose" for s in default) >= 5
+
+
+def test_seed_list_rejects_a_negative_minimum():
+    from lungvlm.commands.evaluate import phantom_seed_list
+
+    with pytest.raises(ValueError, match="min-thick-low-dose=-1"):
+        phantom_seed_list("0:2", -1)

@@ -271,17 +271,24 @@ def _finish(
     return case
 
 
+def draw_case_setup(seed: int, config: PhantomConfig) -> tuple[ChestGeometry, ScannerProfile]:
+    """The chest geometry and scanner profile of case ``seed``, as :func:`generate_case` draws
+    them (no rendering: cheap enough to pick cases by profile, e.g. thick-slice low-dose ones).
+    """
+    geometry = draw_geometry(
+        np.random.default_rng([seed, 2]), seed, config.z_extent_mm, -config.z_extent_mm
+    )
+    fov = 2.0 * geometry.half_width_mm / float(np.random.default_rng([seed, 5]).uniform(0.8, 0.92))
+    return geometry, draw_profile(np.random.default_rng([seed, 1]), fov_mm=fov)
+
+
 def generate_case(seed: int, config: PhantomConfig | None = None) -> PhantomCase:
     """Render one whole-chest phantom scan with nodules, labels and report (deterministic)."""
     config = config or PhantomConfig()
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed={seed!r} must be a non-negative integer")
     seed = int(seed)
-    geometry = draw_geometry(
-        np.random.default_rng([seed, 2]), seed, config.z_extent_mm, -config.z_extent_mm
-    )
-    fov = 2.0 * geometry.half_width_mm / float(np.random.default_rng([seed, 5]).uniform(0.8, 0.92))
-    profile = draw_profile(np.random.default_rng([seed, 1]), fov_mm=fov)
+    geometry, profile = draw_case_setup(seed, config)
     grid = case_grid(geometry, profile, config)
     anatomy = render_anatomy(geometry, grid)
     rng = np.random.default_rng([seed, 6])

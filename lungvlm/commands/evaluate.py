@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 #: Phantom chests evaluated by default: the first twenty seeds of the test split (issue 15).
 DEFAULT_N_SEEDS = 20
+#: Thick-slice low-dose chests (issue 15's subset) the default evaluation holds at least.
+DEFAULT_MIN_THICK_LOW_DOSE = 5
+#: Seeds after STOP searched for thick-slice low-dose chests.
+MAX_SUBSET_SEARCH = 2000
 #: Folder of the per-chest records under ``--out``.
 CHEST_DIR = "chests"
 
@@ -73,6 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help=f"phantom chests START:STOP, STOP excluded (default: the first {DEFAULT_N_SEEDS} "
         "test-split seeds)",
     )  # fmt: skip
+    add_min_thick_low_dose(parser)
     add_phantom_size(parser)
     parser.add_argument(
         "--out", type=Path,
@@ -98,6 +103,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
+def add_min_thick_low_dose(parser: argparse.ArgumentParser) -> None:
+    """Add ``--min-thick-low-dose`` (:func:`phantom_seed_list`) to a phantom-evaluation parser."""
+    parser.add_argument(
+        "--min-thick-low-dose", type=int, default=None,
+        help="add the next seeds after STOP with a thick-slice (>= 2.5 mm) low-dose "
+        "(<= 30 mAs) profile until at least this many chests are in that subset "
+        f"(default: {DEFAULT_MIN_THICK_LOW_DOSE} with the default seeds, 0 with --phantom-seeds)",
+    )  # fmt: skip
+
+
 def parse_seeds(text: str) -> range:
     """``"START:STOP"`` -> ``range(START, STOP)``."""
     try:
@@ -110,21 +125,55 @@ def parse_seeds(text: str) -> range:
 
 
 def phantom_profile(seed: int, size: str = "default") -> dict:
-    """The scanner profile of phantom chest ``seed``, drawn as
-    :func:`data_modules.phantom.generate_case` draws it (geometry -> field of view -> profile),
-    without rendering the chest (a test checks both agree)."""
-    import numpy as np
-
+    """The scanner profile of phantom chest ``seed`` as a dict, drawn as
+    :func:`data_modules.phantom.generate_case` draws it
+    (:func:`~data_modules.phantom.generator.draw_case_setup`), without rendering the chest."""
     from data_modules.phantom import PhantomConfig
-    from data_modules.phantom.anatomy import draw_geometry
-    from data_modules.phantom.scanner import draw_profile
+    from data_modules.phantom.generator import draw_case_setup
 
     config = PhantomConfig.tiny() if size == "tiny" else PhantomConfig()
-    geometry = draw_geometry(
-        np.random.default_rng([seed, 2]), seed, config.z_extent_mm, -config.z_extent_mm
-    )
-    fov = 2.0 * geometry.half_width_mm / float(np.random.default_rng([seed, 5]).uniform(0.8, 0.92))
-    return draw_profile(np.random.default_rng([seed, 1]), fov_mm=fov).to_dict()
+    return draw_case_setup(int(seed), config)[1].to_dict()
+
+
+def phantom_seed_list(
+    text: str | None, min_thick_low_dose: int | None = None, size: str = "default"
+) -> list[int]:
+    """The phantom seeds to evaluate: ``START:STOP`` (default :func:`default_seeds`), then the
+    next seeds after STOP whose scanner profile is thick-slice low-dose
+    (:func:`lungvlm.evaluation.subsets.profile_subset`) until the list holds at least
+    ``min_thick_low_dose`` of them, so that the subset's figures rest on more than a chest or two
+    (about 1 chest in 20 of the profile range is in it). ``min_thick_low_dose=None``:
+    :data:`DEFAULT_MIN_THICK_LOW_DOSE` with the default seeds, 0 with ``text`` given.
+
+    Raises:
+        ValueError: a malformed range, a negative minimum, or no such seed among the next
+            :data:`MAX_SUBSET_SEARCH` seeds.
+    """
+    from lungvlm.evaluation.subsets import profile_subset
+
+    if min_thick_low_dose is None:
+        min_thick_low_dose = DEFAULT_MIN_THICK_LOW_DOSE if text is None else 0
+    if min_thick_low_dose < 0:
+        raise ValueError(f"--min-thick-low-dose={min_thick_low_dose} must be >= 0")
+    seeds = list(parse_seeds(text or default_seeds()))
+
+    def thick_low(seed: int) -> bool:
+        return profile_subset(phantom_profile(seed, size)) == "thick_low_dose"
+
+    need = min_thick_low_dose - sum(thick_low(s) for s in seeds)
+    candidate, limit = seeds[-1] + 1, seeds[-1] + 1 + MAX_SUBSET_SEARCH
+    while need > 0:
+        if candidate >= limit:
+            raise ValueError(
+                f"--min-thick-low-dose={min_thick_low_dose}: only "
+                f"{min_thick_low_dose - need} thick-slice low-dose chests among seeds "
+                f"{seeds[0]}..{limit - 1}; lower it or pass other --phantom-seeds"
+            )
+        if thick_low(candidate):
+            seeds.append(candidate)
+            need -= 1
+        candidate += 1
+    return seeds
 
 
 def phantom_scan(seed: int, size: str, with_lung_mask: bool) -> EvaluationScan:
@@ -281,7 +330,7 @@ def evaluate_phantoms(model, args: argparse.Namespace, settings: dict) -> Evalua
     from lungvlm.evaluation.detection import evaluate_scan, segmentation_settings, summarize
     from lungvlm.export.writer import write_text_atomic
 
-    seeds = parse_seeds(args.phantom_seeds or default_seeds())
+    seeds = phantom_seed_list(args.phantom_seeds, args.min_thick_low_dose, args.phantom_size)
     segment_kwargs = {"roi_size_vox": args.roi, "overlap": args.overlap,
                       "sw_batch_size": args.sw_batch_size, "context_scale": args.context_scale}  # fmt: skip
     evaluations, n_resumed = [], 0
@@ -333,7 +382,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.scan is not None and args.phantom_seeds is not None:
         raise ValueError("give a SCAN or --phantom-seeds, not both")
-    seeds = None if args.scan is not None else parse_seeds(args.phantom_seeds or default_seeds())
+    seeds = (
+        None
+        if args.scan is not None
+        else phantom_seed_list(args.phantom_seeds, args.min_thick_low_dose, args.phantom_size)
+    )
     try:
         checkpoint = read_checkpoint(args.ckpt)
     except FileNotFoundError as err:

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lungvlm.commands.evaluate import add_min_thick_low_dose
 from lungvlm.commands.options import add_ckpt, add_device, add_phantom_size, add_progress
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--phantom-seeds", default=None,
         help="phantom chests START:STOP, STOP excluded (default: the first 20 test-split seeds)",
     )  # fmt: skip
+    add_min_thick_low_dose(parser)
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     follow_up = parser.add_mutually_exclusive_group()
     follow_up.add_argument(
@@ -396,7 +398,7 @@ def _settings(args) -> dict:
 def run(args: argparse.Namespace) -> int:
     """Execute ``lungvlm evaluate-reports``; returns the exit code."""
     from lungvlm import progress as lungvlm_progress
-    from lungvlm.commands.evaluate import default_seeds, parse_seeds
+    from lungvlm.commands.evaluate import phantom_seed_list
     from lungvlm.commands.options import resolve_device
     from lungvlm.commands.progress import progress_bars
     from lungvlm.evaluation.report_subsets import subset_summary
@@ -404,7 +406,7 @@ def run(args: argparse.Namespace) -> int:
     from lungvlm.export.writer import write_text_atomic
     from lungvlm.inference.report_analysis import load_report_model
 
-    seeds = parse_seeds(args.phantom_seeds or default_seeds())
+    seeds = phantom_seed_list(args.phantom_seeds, args.min_thick_low_dose, args.phantom_size)
     if args.no_follow_up:
         args.follow_up_months = None
     elif args.follow_up_months is None:

@@ -10,6 +10,7 @@ SEG and SR keep the patient module of the source series.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import logging
 import re
@@ -42,6 +43,8 @@ PRIOR_FOLDER = "ROE^RICHARD_67890"
 MARKERS = ("DOE", "JOHN", "12345", "ROE", "RICHARD", "67890")
 #: Output files that are not text: images, NIfTI and DICOM (checked separately).
 BINARY_SUFFIXES = (".png", ".gz", ".dcm")
+#: Traces searched in PNG and (decompressed) NIfTI bytes: long enough not to occur by chance.
+BINARY_MARKERS = (b"DOE^", b"JOHN", b"12345", b"ROE^", b"RICHARD", b"67890")
 
 
 def _write_patient_series(case, folder: Path, patient_id: str, patient_name: str) -> Path:
@@ -98,6 +101,11 @@ def _leaks(out: Path) -> dict[str, list[str]]:
         if path.is_file() and not path.name.endswith(BINARY_SUFFIXES):
             text = path.read_text(encoding="utf-8")  # every other output is text
             if hits := _traces(text):
+                found[where] = hits
+        elif path.is_file() and not path.name.endswith(".dcm"):  # PNG text chunks, NIfTI header
+            data = path.read_bytes()
+            data = gzip.decompress(data) if path.name.endswith(".gz") else data
+            if hits := [m.decode() for m in BINARY_MARKERS if m in data]:
                 found[where] = hits
     return found
 

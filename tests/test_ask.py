@@ -46,8 +46,11 @@ def test_ask_with_a_report_answers_every_question(ckpt, dicom_dir, report_dir, t
     args = ["ask", str(dicom_dir), *questions, "--ckpt", str(ckpt), "--nodule", "1"]
     assert cli.main([*args, "--report", str(report_dir), "--out", str(out)]) == 0
     payload = json.loads((out / "answer.json").read_text())
-    reported = json.loads((report_dir / "report.json").read_text())["nodules"][0]
+    report = json.loads((report_dir / "report.json").read_text())
+    reported = report["nodules"][0]
     assert payload["nodule"] == 1
+    # The answers name the case as the report does (its pseudonym), never the scan's path.
+    assert payload["case_id"] == report["case_id"] and "scan" not in payload
     assert [a["question"] for a in payload["answers"]] == questions
     # The evidence is the report's measured nodule, not a new measurement.
     assert payload["evidence"]["mean_diameter_mm"] == pytest.approx(

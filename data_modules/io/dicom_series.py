@@ -242,6 +242,12 @@ def _decode_hu(path: Path) -> np.ndarray:
         raise DicomReadError(f"{path}: pixel shape {stored.shape} != Rows x Columns", path)
     slope = np.float32(ds.get("RescaleSlope", 1.0))
     intercept = np.float32(ds.get("RescaleIntercept", 0.0))
+    if not (np.isfinite(slope) and np.isfinite(intercept) and slope != 0):
+        raise DicomReadError(
+            f"{path}: RescaleSlope {slope} and RescaleIntercept {intercept} do not map stored "
+            "values to HU (the slope must be a finite non-zero number, the intercept finite)",
+            path,
+        )
     return stored.astype(np.float32) * slope + intercept  # float32: no int16 overflow
 
 
@@ -272,7 +278,8 @@ def read_dicom_series(
         SliceGeometryError: mixed orientation or grid, duplicate positions, or a gap larger
             than 1.5 x the median step.
         UnsupportedTransferSyntaxError: compressed pixels that no installed plugin decodes.
-        DicomReadError: an unreadable or truncated file, or a missing geometry tag.
+        DicomReadError: an unreadable or truncated file, a missing geometry tag, or a
+            RescaleSlope/RescaleIntercept that is not finite (or a zero slope).
     """
     if duplicates not in DUPLICATE_POLICIES:
         raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {duplicates!r}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import struct
 import zlib
 from os import PathLike
 from pathlib import Path
@@ -29,6 +30,8 @@ from data_modules.io.errors import NiftiError
 from lungvlm.imaging.volume import CTVolume
 
 _CHUNK_BYTES = 1 << 24  # gzip is checked in 16 MiB pieces: no full-size copy in memory
+_NIFTI1_HEADER_BYTES = 348  # sizeof_hdr, the first int32 of a NIfTI-1 file
+_NIFTI2_HEADER_BYTES = 540  # and of a NIfTI-2 file
 
 
 def _stream_bytes(path: Path) -> int:
@@ -43,8 +46,8 @@ def _stream_bytes(path: Path) -> int:
                 total += len(chunk)
     except EOFError as exc:
         raise NiftiError(
-            f"NIfTI {path} is truncated: its gzip stream ends after {total} bytes, before the "
-            f"end-of-stream marker ({exc}); download or copy it again",
+            f"NIfTI {path} is truncated: its gzip stream ({path.stat().st_size} bytes on disk) "
+            f"ends before the end-of-stream marker ({exc}); download or copy it again",
             path,
         ) from exc
     except (OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
@@ -54,13 +57,30 @@ def _stream_bytes(path: Path) -> int:
     return total
 
 
+def _raw_header(path: Path, nibabel):
+    """The NIfTI-1 or NIfTI-2 header exactly as stored (``check=False``: nibabel's loader would
+    also replace a zero pixdim by 1)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        head = handle.read(_NIFTI2_HEADER_BYTES)
+    header_classes = {_NIFTI1_HEADER_BYTES: nibabel.Nifti1Header, _NIFTI2_HEADER_BYTES: nibabel.Nifti2Header}  # fmt: skip
+    for order in "<>":
+        size = struct.unpack(f"{order}i", head[:4])[0] if len(head) >= 4 else 0
+        if size in header_classes and len(head) >= size:
+            return header_classes[size](head[:size], endianness=order, check=False)
+    raise NiftiError(
+        f"cannot read NIfTI {path}: not a NIfTI file (its first 4 bytes do not give the NIfTI-1 "
+        f"or NIfTI-2 header size, {_NIFTI1_HEADER_BYTES} or {_NIFTI2_HEADER_BYTES})",
+        path,
+    )
+
+
 def check_nifti_file(path: str | PathLike[str]) -> None:
     """Check what ITK's reader would silently repair: truncation, zero voxel size, NaN/inf.
 
     Raises:
-        NiftiError: a corrupt or truncated gzip stream, less voxel data than the header
-            describes, a ``pixdim`` that is not a positive number of mm, or a header nibabel
-            cannot parse.
+        NiftiError: a corrupt or truncated gzip stream, not a NIfTI header, less voxel data
+            than the header describes, or a ``pixdim`` that is not a positive number of mm.
         ImplausibleImageError: NaN or inf among the raw float voxels.
     """
     import nibabel  # a NIfTI reader that keeps the raw voxels (ITK replaces NaN by 0)
@@ -68,21 +88,15 @@ def check_nifti_file(path: str | PathLike[str]) -> None:
     path = Path(path)
     size = _stream_bytes(path)
     try:
-        image = nibabel.load(str(path))
-        header = image.header
+        header = _raw_header(path, nibabel)
         shape = tuple(int(n) for n in header.get_data_shape())
         dtype = np.dtype(header.get_data_dtype())
         offset = int(header.get_data_offset())
         zooms = [float(z) for z in header.get_zooms()[:3]]
+    except NiftiError:
+        raise
     except Exception as exc:  # nibabel raises many types on a malformed header
         raise NiftiError(f"cannot read NIfTI header of {path}: {exc}", path) from exc
-    expected = offset + math.prod(shape) * dtype.itemsize
-    if size < expected:
-        raise NiftiError(
-            f"NIfTI {path} is truncated: it holds {size} bytes but its header (shape {shape}, "
-            f"{dtype}) needs {expected}; download or copy it again",
-            path,
-        )
     for axis, zoom in zip("xyz", zooms, strict=False):
         if not (math.isfinite(zoom) and zoom > 0):
             raise NiftiError(
@@ -90,8 +104,15 @@ def check_nifti_file(path: str | PathLike[str]) -> None:
                 "be a positive number of mm (ITK would silently read it as 1 mm)",
                 path,
             )
+    expected = offset + math.prod(shape) * dtype.itemsize
+    if size < expected:
+        raise NiftiError(
+            f"NIfTI {path} is truncated: it holds {size} bytes but its header (shape {shape}, "
+            f"{dtype}) needs {expected}; download or copy it again",
+            path,
+        )
     if dtype.kind in "fc":  # only float voxels can be NaN or inf
-        raw = np.asanyarray(image.dataobj.get_unscaled())
+        raw = np.asanyarray(nibabel.load(str(path)).dataobj.get_unscaled())
         # nibabel's array is (x, y, z[, t]); the transpose is a (z, y, x) view, no copy
         check_finite(raw.T, path, what="raw voxels")
 

@@ -285,6 +285,13 @@ def guard_too_many_candidates(tmp, pristine, mp):
     return _report(pristine["chest"], tmp, pristine), str(pristine["chest"])
 
 
+def guard_ask_without_a_report(tmp, pristine, mp):
+    """``ask`` without ``--report`` segments the whole scan too: the same guard stops it."""
+    args = ["ask", str(pristine["chest"]), "Where is it?", "--ckpt", str(pristine["ckpt"]),
+            "--nodule", "1", "--out", str(tmp / "out"), "--no-progress", "--device", "cpu"]  # fmt: skip
+    return args, str(pristine["chest"])
+
+
 def cli_max_candidates_zero(tmp, pristine, mp):
     return _report(pristine["chest"], tmp, pristine, "--max-candidates", "0"), "--max-candidates"
 
@@ -317,6 +324,7 @@ CORPUS = [
     Case("ckpt_missing", ckpt_missing, 2, r"checkpoint .* does not exist"),
     Case("guard_model_fires_everywhere", guard_model_fires_everywhere, 2, r"2 of 2 segmented component\(s\) are larger than any chest finding: the largest measures \d+\.\d mm mean diameter and [\d.]+ litres \(limits 100 mm and 0\.524 litres.*stopped before the nodule heads and the report\. Pass --no-guard to go on"),
     Case("guard_too_many_candidates", guard_too_many_candidates, 2, r"found \d{3,} candidate components, more than the 500 a chest CT plausibly holds.*Pass --no-guard \(or a larger --max-candidates\)"),
+    Case("guard_ask_without_a_report", guard_ask_without_a_report, 2, r"2 of 2 segmented component\(s\) are larger than any chest finding.*Pass --no-guard to go on"),
     Case("cli_max_candidates_zero", cli_max_candidates_zero, 2, r"argument --max-candidates: expected an integer >= 1, got 0"),
 ]
 # fmt: on

@@ -14,9 +14,11 @@ from lungvlm.commands.options import (
     add_candidate_options,
     add_ckpt,
     add_device,
+    add_guard_options,
     add_keep_identifiers,
     add_progress,
     add_series_uid,
+    guard_from_args,
 )
 
 
@@ -39,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--report", type=Path, help="folder of `lungvlm report` for this scan")
     parser.add_argument("--out", type=Path, help="write answer.json and heatmap PNGs here")
     add_candidate_options(parser)
+    add_guard_options(parser)
     add_series_uid(parser)
     add_keep_identifiers(parser)
     add_device(parser)
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from lungvlm.api import LungVLM
     from lungvlm.commands.progress import progress_bars
 
-    model = LungVLM.from_checkpoint(args.ckpt, device=args.device)
+    model = LungVLM.from_checkpoint(args.ckpt, device=args.device, guard=guard_from_args(args))
     with progress_bars(args.progress):
         result = model.ask(
             args.scan, args.question, args.nodule, report_dir=args.report, out=args.out,

@@ -145,3 +145,20 @@ def test_python_api_rejects_what_it_cannot_read(ckpt, tmp_path):
         model.report(tmp_path, prior=tmp_path)
     with pytest.raises(ValueError, match=r"is not auto, cpu, cuda or cuda:N"):
         LungVLM.from_checkpoint(ckpt, device="tpu")
+
+
+def test_python_api_reports_an_in_memory_volume_like_its_file(ckpt, scans, tmp_path):
+    from lungvlm.commands.scan_io import read_volume
+
+    model = LungVLM.from_checkpoint(ckpt, device="cpu")
+    scan = scans / "chest_0.nii.gz"
+    volume = read_volume(scan, with_headers=False).volume
+    from_file = model.report(scan, keep_unconfirmed=True)
+    from_memory = model.report(volume, keep_unconfirmed=True, out=tmp_path / "case")
+    assert len(from_memory.nodules) == len(from_file.nodules) > 0
+    assert from_memory.exam.lungrads_category == from_file.exam.lungrads_category
+    assert [n.volume_mm3 for n in from_memory.nodules] == pytest.approx(
+        [n.volume_mm3 for n in from_file.nodules], rel=1e-6
+    )
+    source = json.loads((tmp_path / "case" / "report.json").read_text())["source"]
+    assert source["format"] == "volume" and source["path"] is None

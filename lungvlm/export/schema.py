@@ -26,7 +26,7 @@ from lungvlm.text.vocabulary import (
 )
 
 REPORT_SCHEMA_VERSION = "1.1.0"
-SOURCE_FORMATS: tuple[str, ...] = ("dicom", "nifti", "metaimage")
+SOURCE_FORMATS: tuple[str, ...] = ("dicom", "nifti", "metaimage", "volume")
 #: ``source.identifiers``: the input's path and name were withheld (the default) or kept
 #: (``--keep-identifiers``); :mod:`lungvlm.export.identifiers`.
 IDENTIFIER_MODES: tuple[str, ...] = ("withheld", "kept")
@@ -134,7 +134,7 @@ class _Record:
 
 @dataclass
 class Source(_Record):
-    """Where the CT came from: ``path``, ``format`` (dicom|nifti|metaimage), ``series_uid``,
+    """Where the CT came from: ``path``, ``format`` (dicom|nifti|metaimage, or volume: an in-memory CTVolume given to the Python API), ``series_uid``,
     and whether identifiers were kept.
 
     ``identifiers`` is "withheld" (``path`` is None: input paths often name the patient) or

@@ -6,7 +6,9 @@
   tokenizer from the checkpoint (training a new one would raise here), also after a resumed
   run was itself killed.
 - a killed ``report`` leaves a ``.partial`` folder that the next write removes; the folder of
-  a report still being written is kept.
+  a report still being written is kept. A real ``kill -9`` while it writes leaves no output
+  folder (and no orphan), and the rerun writes the whole report and nothing else. An overwrite
+  killed between its two renames leaves a ``.old`` folder: the previous report is restored.
 """
 
 from __future__ import annotations
@@ -165,3 +167,67 @@ def test_pid_alive_rejects_non_pids(pid: int):
 
     assert pid_alive(pid) is False and pid_alive(os.getpid()) is True
     assert owner_pid(".tmp-1.2.3-4567") == 4567 and owner_pid(".tmp-case") is None
+
+
+def _report_args(scan: Path, ckpt: Path, out: Path) -> list[str]:
+    # The tiny test model segments the whole lung, which the runaway guard refuses.
+    return ["report", str(scan), "--ckpt", str(ckpt), "--out", str(out), "--keep-unconfirmed",
+            "--device", "cpu", "--no-progress", "--no-guard"]  # fmt: skip
+
+
+def _writing(parent: Path) -> bool:
+    return parent.is_dir() and any(parent.glob(".*.partial"))
+
+
+def test_report_killed_while_writing_leaves_nothing_and_reruns(tmp_path: Path):
+    from data_modules.io import write_nifti
+    from tests.report_fixtures import write_stage3_checkpoint
+
+    ckpt = write_stage3_checkpoint(tmp_path / "last.ckpt")
+    case = generate_case(0, TINY)
+    scan = tmp_path / "chest.nii.gz"
+    write_nifti(case.image_hu, scan, spacing_mm=case.spacing_mm, origin=case.origin_lps_mm)
+    parent, out = tmp_path / "reports", tmp_path / "reports" / "case"
+    args = _report_args(scan, ckpt, out)
+    killed = False
+    for _ in range(3):  # the export takes seconds; poll for its .partial folder and kill there
+        proc = subprocess.Popen([*LUNGVLM, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            assert _wait(lambda p=proc: _writing(parent) or p.poll() is not None, 300, 0.002)
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = proc.wait(10) == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        if killed:
+            break
+        shutil.rmtree(parent)  # it finished before the kill: try again
+    assert killed, "the report finished before every kill"
+    assert not out.exists(), "a killed report left its output folder"
+    assert len(list(parent.glob(".*.partial"))) == 1
+    assert main(args) == 0
+    assert sorted(p.name for p in parent.iterdir()) == ["case"]
+    report = (out / "report.json").read_text()
+    assert '"exam"' in report and not (out / WRITER_FILE).exists()
+
+
+def test_an_overwrite_killed_between_its_renames_restores_the_previous_report(tmp_path: Path):
+    from lungvlm.export.case_folder import OLD_SETTLE_S
+
+    previous = tmp_path / ".case.k3x9q_.old"  # the old report moved aside; "case" never came
+    previous.mkdir()
+    (previous / "report.json").write_text('{"version": 1}')
+    leftover = tmp_path / ".other.a1b2c3.old"  # "other" was written: the .old is garbage
+    leftover.mkdir()
+    (tmp_path / "other").mkdir()
+    fresh = tmp_path / ".third.zz99yy.old"  # an overwrite in progress right now: untouched
+    fresh.mkdir()
+    old = time.time() - OLD_SETTLE_S - 5
+    for folder in (previous, leftover):
+        os.utime(folder, (old, old))
+    removed = remove_stale_partials(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([previous.name, leftover.name])
+    assert (tmp_path / "case" / "report.json").read_text() == '{"version": 1}'
+    assert not previous.exists() and not leftover.exists() and fresh.is_dir()

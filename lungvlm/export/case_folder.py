@@ -110,10 +110,13 @@ WRITER_FILE = ".writer-pid"
 #: A ``.partial`` folder without :data:`WRITER_FILE` (written before it existed) is stale
 #: after this long untouched.
 UNOWNED_STALE_S = 3600.0
+#: A ``.old`` folder (an overwritten report moved aside) untouched this long is settled (s).
+OLD_SETTLE_S = 60.0
 
 
 def remove_stale_partials(parent: str | Path) -> list[Path]:
-    """Delete ``.<name>.*.partial`` folders in ``parent`` left by a killed ``lungvlm report``.
+    """Delete ``.<name>.*.partial`` folders in ``parent`` left by a killed ``lungvlm report``
+    (and settle its ``.old`` folders: :func:`_settle_old_folders`).
 
     A folder is removed when the pid in its :data:`WRITER_FILE` is dead on this machine, or,
     lacking that file, when it was not modified for :data:`UNOWNED_STALE_S`. The folder of a
@@ -140,7 +143,32 @@ def remove_stale_partials(parent: str | Path) -> list[Path]:
         if stale:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
+    removed += _settle_old_folders(parent)
     return removed
+
+
+def _settle_old_folders(parent: Path) -> list[Path]:
+    """``.<name>.*.old`` folders (the previous report moved aside by an overwrite) left by a run
+    killed between its two renames (:func:`~lungvlm.export.writer.atomic_output_dir`): deleted
+    when ``<name>`` exists again, else renamed back to ``<name>`` (the previous report, whole).
+    Only folders untouched for :data:`OLD_SETTLE_S` are handled, so a live overwrite is left alone.
+    Returns the ``.old`` folders deleted or restored."""
+    settled = []
+    for folder in parent.glob(".*.old"):
+        name = folder.name[1:].rsplit(".", 2)[0]
+        try:
+            if not folder.is_dir() or time.time() - folder.stat().st_mtime < OLD_SETTLE_S:
+                continue
+        except OSError:
+            continue
+        final = parent / name
+        if final.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            os.replace(folder, final)
+            log.warning("restored %s from %s, left by a killed report", final, folder)
+        settled.append(folder)
+    return settled
 
 
 def write_report_outputs(

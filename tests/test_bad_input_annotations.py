@@ -24,7 +24,7 @@ import pytest
 from data_modules.cache import CASE_FILES
 from data_modules.phantom.generator import PhantomConfig, generate_case
 from data_modules.phantom.writers import write_lidc_tree, write_luna16_tree
-from lungvlm.cli import main
+from tests.cli_helpers import run_cli
 
 TINY = PhantomConfig.tiny(shape_zyx=(24, 40, 40), z_extent_mm=160.0, with_report=False)
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -455,16 +455,6 @@ CORPUS = [
         r"removed .*\.tmp-somecase-\d+, left by a killed run",
     ),  # fmt: skip
 ]
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """``lungvlm argv`` in-process: (exit code, stdout + stderr). An escaping exception fails."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse errors
-        code = int(exit_.code or 0)
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def first_message_line(text: str) -> str:

@@ -27,6 +27,7 @@ from data_modules.io import write_nifti
 from data_modules.io.checks import SPACING_RANGE_MM
 from lungvlm.cli import main
 from lungvlm.commands.scan_io import read_volume
+from tests.cli_helpers import CreatesMarker, run_cli
 from tests.io_fixtures import ramp_volume, write_ct_series
 from tests.report_fixtures import write_stage3_checkpoint
 
@@ -48,16 +49,6 @@ def chest_hu() -> np.ndarray:
         lung = ((z - 7.5) / 7) ** 2 + ((y - 15.5) / 9) ** 2 + ((x - centre_x) / 5) ** 2 <= 1
         image[lung] = -850.0
     return image
-
-
-class _CreatesMarker:
-    """Unpickling this object creates (opens for writing) the file at ``path``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +235,7 @@ def ckpt_text_file(tmp, pristine, mp):
 
 def ckpt_pickled_object(tmp, pristine, mp):
     bad = tmp / "evil.ckpt"
-    torch.save({"state_dict": {}, "payload": _CreatesMarker(tmp / "MARKER")}, bad)
+    torch.save({"state_dict": {}, "payload": CreatesMarker(tmp / "MARKER")}, bad)
     return _report(pristine["chest"], tmp, pristine, ckpt=bad), str(bad)
 
 
@@ -328,16 +319,6 @@ CORPUS = [
     Case("cli_max_candidates_zero", cli_max_candidates_zero, 2, r"argument --max-candidates: expected an integer >= 1, got 0"),
 ]
 # fmt: on
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """``lungvlm argv`` in-process: (exit code, stdout + stderr). An escaping exception fails."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse errors
-        code = int(exit_.code or 0)
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def first_message_line(text: str) -> str:

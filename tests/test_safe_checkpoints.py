@@ -16,19 +16,10 @@ from data_modules.io import write_nifti
 from data_modules.phantom import PhantomConfig, generate_case
 from lungvlm import cli
 from lungvlm.lightning.checkpoint import plain_data, read_checkpoint
+from tests.cli_helpers import CreatesMarker
 from tests.report_fixtures import write_stage3_checkpoint
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-class _CreatesMarker:
-    """Unpickling this object creates (opens for writing) the file at ``path``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +29,7 @@ def evil(tmp_path_factory) -> tuple[Path, Path]:
     path = write_stage3_checkpoint(folder / "good.ckpt")
     marker = folder / "MARKER"
     checkpoint = torch.load(path, weights_only=True)
-    checkpoint["lungvlm"]["payload"] = _CreatesMarker(marker)
+    checkpoint["lungvlm"]["payload"] = CreatesMarker(marker)
     torch.save(checkpoint, folder / "evil.ckpt")
     assert not marker.exists()
     return folder / "evil.ckpt", marker
@@ -62,7 +53,7 @@ def test_marker_object_is_really_unsafe(tmp_path):
     import pickle
 
     marker = tmp_path / "copy_marker"
-    pickle.loads(pickle.dumps(_CreatesMarker(marker)))
+    pickle.loads(pickle.dumps(CreatesMarker(marker)))
     assert marker.exists()
 
 
@@ -114,7 +105,7 @@ def test_fit_ckpt_path_refuses(tmp_path, capsys):
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)  # our own checkpoints load safely
     marker = tmp_path / "MARKER"
-    checkpoint["lungvlm"]["payload"] = _CreatesMarker(marker)
+    checkpoint["lungvlm"]["payload"] = CreatesMarker(marker)
     torch.save(checkpoint, tmp_path / "evil.ckpt")
     resume = [*args[:-1], "--trainer.max_epochs=2", f"--ckpt_path={tmp_path / 'evil.ckpt'}"]
     assert cli.main(resume) == 2
@@ -132,7 +123,7 @@ def test_phantom_cache_never_unpickles(tmp_path):
     marker = tmp_path / "MARKER"
     path = tmp_path / "phantom-evil-0.npz"
     payload = np.empty(1, dtype=object)
-    payload[0] = _CreatesMarker(marker)
+    payload[0] = CreatesMarker(marker)
     np.savez(
         path, image=payload, context=payload, mask=payload, concepts=payload, json=np.array("{}")
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from lungvlm.inference.guard import (  # constants and a dataclass: no heavy import
@@ -85,7 +86,7 @@ def add_keep_identifiers(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _count_at_least_1(text: str) -> int:
+def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
         value = int(text)
@@ -96,15 +97,20 @@ def _count_at_least_1(text: str) -> int:
     return value
 
 
-def _gib(text: str) -> float:
-    """argparse type: a finite memory size in GiB > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size in GiB, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite size in GiB > 0, got {value}")
-    return value
+def positive_size(unit: str) -> Callable[[str], float]:
+    """argparse type of a finite size > 0 in ``unit`` (e.g. "mm", "GiB"); its errors name it."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a size in {unit}, got {text!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"expected a finite size in {unit} > 0, got {value}")
+        return value
+
+    parse.__name__ = f"size_in_{unit}"
+    return parse
 
 
 def add_guard_options(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +118,7 @@ def add_guard_options(parser: argparse.ArgumentParser) -> None:
     (:mod:`lungvlm.inference.guard`); :func:`guard_from_args` builds the guard."""
     parser.add_argument(
         "--max-candidates",
-        type=_count_at_least_1,
+        type=positive_int,
         default=DEFAULT_MAX_CANDIDATES,
         help=f"stop when the segmentation finds more candidate components than this on one "
         f"scan (default {DEFAULT_MAX_CANDIDATES}): a checkpoint that fires on much of the chest "
@@ -129,7 +135,7 @@ def add_guard_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-memory-gb",
-        type=_gib,
+        type=positive_size("GiB"),
         default=DEFAULT_MAX_MEMORY_GIB,
         help=f"memory budget of one scan's run in GiB (default {DEFAULT_MAX_MEMORY_GIB:g}): a "
         "scan whose resampled grid would need more is refused before resampling",

@@ -10,10 +10,9 @@ that is not used are logged to stderr and counted in the summary line.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-from lungvlm.commands.options import add_progress
+from lungvlm.commands.options import add_progress, positive_int, positive_size
 
 #: Choices spelled here so that ``--help`` imports nothing; ``tests/test_preprocess.py`` checks
 #: they equal the data modules' own (``FORMATS``, ``LUNA16_MASKS``, ``IMAGE_DTYPES``,
@@ -22,28 +21,6 @@ FORMAT_CHOICES: tuple[str, ...] = ("lidc", "luna16", "dicom")
 LUNA16_MASK_CHOICES: tuple[str, ...] = ("none", "sphere")
 DTYPE_CHOICES: tuple[str, ...] = ("float16", "float32")
 MALIGNANCY_RULE_CHOICES: tuple[str, ...] = ("mean_gt3", "mean_le2_ge4", "median_high")
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def _positive_mm(text: str) -> float:
-    """argparse type: a finite size in mm > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size in mm, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite size in mm > 0, got {value}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -61,10 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--src", type=Path, required=True, help="raw data root")
     parser.add_argument("--dst", type=Path, required=True, help="cache folder")
     parser.add_argument(
-        "--workers", type=_positive_int, default=1, help="worker processes (default 1)"
+        "--workers", type=positive_int, default=1, help="worker processes (default 1)"
     )
     parser.add_argument(
-        "--spacing", type=_positive_mm, default=1.0, help="isotropic voxel size, mm"
+        "--spacing", type=positive_size("mm"), default=1.0, help="isotropic voxel size, mm"
     )
     parser.add_argument(
         "--hu-min", type=float, default=None, help="lower HU clip (-> 0; default -1000 HU)"

@@ -71,6 +71,7 @@ from data_modules.io import (
     read_dicom_series,
     read_metaimage,
 )
+from data_modules.io.checks import check_finite, check_spacing
 from data_modules.io.lidc_consensus import MALIGNANCY_RULES
 from lungvlm.clinical.measure import measure_nodule
 from lungvlm.processes import die_with_parent
@@ -281,6 +282,8 @@ def _preprocess_case(
     task: CaseTask, dst: str, spec: CacheSpec, options: PreprocessOptions
 ) -> tuple[Path, list[str]]:
     volume, label_map, nodules, info = LOADERS[task.format](task, options)
+    check_spacing(volume.spacing_mm, task.source)  # as `lungvlm report` reads scans
+    check_finite(volume.array_hu, task.source)
     if task.format == "luna16":
         _check_luna_rows(task, volume)
     balls = task.format == "luna16" and options.luna16_mask == "sphere"

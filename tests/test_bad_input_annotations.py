@@ -192,6 +192,13 @@ def luna_no_subset_folder(tmp, trees):
     return _pre("luna16", src, tmp), str(next((src / "scans").glob("*.mhd")))
 
 
+def luna_mhd_spacing_50_mm(tmp, trees):
+    src = _copy(trees, "luna16", tmp)
+    mhd = next((src / "subset0").glob("*.mhd"))
+    _edit(mhd, r"ElementSpacing = (\S+) (\S+) \S+", r"ElementSpacing = \1 \2 50", count=1)
+    return _pre("luna16", src, tmp), mhd.name
+
+
 def luna_subset10(tmp, trees):
     src = _copy(trees, "luna16", tmp)
     (src / "subset0").rename(src / "subset10")
@@ -437,6 +444,12 @@ CORPUS = [
         cli_spacing_negative,
         2,
         r"argument --spacing: expected a finite size in mm > 0",
+    ),  # fmt: skip
+    Case(
+        "luna_mhd_spacing_50_mm",
+        luna_mhd_spacing_50_mm,
+        1,
+        r"z spacing 50 mm is outside the plausible CT range 0.1-20 mm",
     ),  # fmt: skip
     Case("cli_unknown_format", cli_unknown_format, 2, r"invalid choice: 'nifti'"),
     Case(

@@ -113,3 +113,16 @@ def test_fast_dev_run_of_stage3_debug_config(tmp_path):
     ]
     assert main(args) == 0
     assert (tmp_path / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_more_mining_overlay_continues_stage2_into_its_pool():
+    assert "stage2_more_mining.yaml" in OVERLAYS
+    cli = parse("stage2.yaml", "stage2_more_mining.yaml")
+    assert cli.model.stage == "segment"
+    assert cli.model.init_from == "runs/stage2/checkpoints/last.ckpt"
+    mining = [
+        c for c in cli.config["trainer"]["callbacks"] if "HardNegativeMining" in c["class_path"]
+    ]
+    assert len(mining) == 1
+    assert mining[0]["init_args"]["epochs"] == [0, 2, 4]
+    assert mining[0]["init_args"]["out_dir"] == cli.config["data"]["init_args"]["mined_dir"]

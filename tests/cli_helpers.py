@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from lungvlm.cli import main
@@ -26,3 +27,15 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
         code = int(exit_.code or 0)
     out = capsys.readouterr()
     return code, out.out + out.err
+
+
+def assert_clear_error(
+    code: int, output: str, expected_code: int, named: str, problem: str
+) -> None:
+    """A corpus case's common checks: the exit code, no traceback, the file named and the
+    problem (a regex, matched with whitespace collapsed) stated."""
+    assert code == expected_code, output
+    assert "Traceback" not in output
+    assert named in output, f"{named} not named in:\n{output}"
+    flat = " ".join(output.split())
+    assert re.search(problem, flat), f"{problem!r} not in:\n{output}"

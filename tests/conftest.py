@@ -60,3 +60,12 @@ def _deterministic_torch():
     torch.manual_seed(0)
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny stage-3 checkpoint (``tests.report_fixtures.write_stage3_checkpoint``: it segments
+    every lung voxel), one per test module; a module may define its own ``ckpt`` instead."""
+    from tests.report_fixtures import write_stage3_checkpoint
+
+    return write_stage3_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt")

@@ -14,12 +14,6 @@ from data_modules.phantom import PhantomConfig, generate_case
 from data_modules.phantom.writers import write_dicom_series
 from lungvlm.inference.nodule_heads import answer_heatmap, encode_nodule
 from lungvlm.inference.report_analysis import load_report_model
-from tests.report_fixtures import write_stage3_checkpoint
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return write_stage3_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt")
 
 
 @pytest.fixture(scope="module")

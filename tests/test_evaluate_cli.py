@@ -4,7 +4,6 @@ scanner profile of each chest and the operating point at the checkpoint's candid
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -14,12 +13,6 @@ from lungvlm.evaluation.detection import ScanEvaluation
 from lungvlm.evaluation.operating_point import operating_point
 from lungvlm.evaluation.subsets import profile_record
 from lungvlm.lightning.checkpoint import write_calibrated_checkpoint
-from tests.report_fixtures import write_stage3_checkpoint
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return write_stage3_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt")
 
 
 def _evaluate(ckpt, out, seeds, *extra):

@@ -5,19 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 import lungvlm.cli as cli
 from data_modules.phantom import PhantomConfig, generate_case
 from lungvlm.evaluation.subsets import profile_record
-from tests.report_fixtures import write_stage3_checkpoint
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return write_stage3_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt")
 
 
 def test_default_follow_up_profile_and_subset_table(ckpt, tmp_path):

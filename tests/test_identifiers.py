@@ -35,7 +35,6 @@ from lungvlm.export.identifiers import (
     withhold_path,
 )
 from lungvlm.export.json_report import read_report_json
-from tests.report_fixtures import write_stage3_checkpoint
 
 PATIENT_FOLDER = "DOE^JOHN_12345"
 PRIOR_FOLDER = "ROE^RICHARD_67890"
@@ -54,11 +53,6 @@ def _write_patient_series(case, folder: Path, patient_id: str, patient_name: str
         ds.PatientName = patient_name
         ds.save_as(path, enforce_file_format=True)
     return folder
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return write_stage3_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt")
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,6 @@ from data_modules.phantom import PhantomConfig, generate_case
 from lungvlm import LungVLM, cli
 from lungvlm.commands.predict import list_scans
 from lungvlm.export.identifiers import is_pseudonym
-from tests.report_fixtures import write_stage3_checkpoint
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return write_stage3_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt")
 
 
 @pytest.fixture(scope="module")

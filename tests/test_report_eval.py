@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -26,7 +25,6 @@ from lungvlm.evaluation.reports import (
     summarize,
     vdt_summary,
 )
-from tests.report_fixtures import write_stage3_checkpoint
 
 # Two reference nodules (radius 5 mm and 1.75 mm); reported: a hit, a duplicate, a false positive.
 REF_CENTRES = [(0.0, 0.0, 0.0), (50.0, 0.0, 0.0)]
@@ -178,11 +176,6 @@ def test_reference_of_a_follow_up_phantom():
         )
     truth = exam_findings(follow_up.nodules, follow_up.laa950_percent)
     assert ref["exam_category"] == truth.impression.category
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return write_stage3_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt")
 
 
 def test_cli_on_one_tiny_phantom_then_resume(ckpt, tmp_path, capsys):

@@ -33,17 +33,12 @@ from lungvlm.inference.report_analysis import (
 from lungvlm.inference.report_findings import assemble_report, texture_attenuation
 from lungvlm.inference.scan import DetectedNodule, ScanSegmentation, prepare_scan
 from lungvlm.labels import CONCEPT_NAMES, LUNGRADS_CATEGORIES
-from tests.report_fixtures import write_segment_checkpoint, write_stage3_checkpoint
+from tests.report_fixtures import write_segment_checkpoint
 
 
 def run_cli(args: list[str]) -> int:
     """``lungvlm.cli.main`` without progress bars (they would fill the captured stderr)."""
     return cli.main([*args, "--no-progress"])
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return write_stage3_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt")
 
 
 @pytest.fixture(scope="module")

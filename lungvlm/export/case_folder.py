@@ -165,7 +165,11 @@ def _settle_old_folders(parent: Path) -> list[Path]:
         if final.exists():
             shutil.rmtree(folder, ignore_errors=True)
         else:
-            os.replace(folder, final)
+            try:
+                os.replace(folder, final)
+            except OSError as err:  # e.g. another run wrote the folder meanwhile: leave both
+                log.warning("could not restore %s from %s: %s", final, folder, err)
+                continue
             log.warning("restored %s from %s, left by a killed report", final, folder)
         settled.append(folder)
     return settled

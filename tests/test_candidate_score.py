@@ -248,3 +248,73 @@ def test_a_checkpoint_with_a_candidate_head_rebuilds_and_scores(tmp_path):
     # Batching does not change the values.
     batched = candidate_probabilities(model, image, [(15, 15, 15), (5, 5, 20)], 24, 2.0, 2)
     np.testing.assert_allclose(batched, probabilities, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ flip test-time augmentation
+class _Identity(torch.nn.Module):
+    use_context = False
+
+    def forward(self, fine, context=None):
+        return [fine]
+
+
+class _RampHead(torch.nn.Module):
+    """Logit = mean of the crop weighted by a ramp along z: mirroring z changes it."""
+
+    def forward(self, features):
+        crop = features[0][:, 0]
+        ramp = torch.linspace(-4.0, 4.0, crop.shape[1]).view(1, -1, 1, 1)
+        return (crop * ramp).mean(dim=(1, 2, 3))
+
+
+class _RampModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder, self.candidate_head = _Identity(), _RampHead()
+
+
+def _ramp_image() -> np.ndarray:
+    z = np.arange(24, dtype=np.float32)[:, None, None]
+    return np.broadcast_to(z / 23.0, (24, 24, 24)).copy()
+
+
+def test_flip_tta_is_the_mean_over_the_crop_and_its_three_mirrorings():
+    image, centre = _ramp_image(), [(12.0, 12.0, 12.0)]
+    single = candidate_probabilities(_RampModel(), image, centre, 8, 0.0, 1)[0]
+    tta = candidate_probabilities(_RampModel(), image, centre, 8, 0.0, 1, flips=True)[0]
+    # The crop rises along z (8 voxels from 8/23 to 15/23): the ramp-weighted mean is
+    # positive; mirrored along z it is the same value negated; y and x mirrorings change nothing.
+    crop = np.arange(8, 16, dtype=np.float64) / 23.0
+    ramp = np.linspace(-4.0, 4.0, 8)
+    logit = float((crop * ramp).mean())
+    assert logit > 0.1
+    sigmoid = lambda v: 1.0 / (1.0 + math.exp(-v))  # noqa: E731
+    assert single == pytest.approx(sigmoid(logit), rel=1e-5)
+    assert tta == pytest.approx((3 * sigmoid(logit) + sigmoid(-logit)) / 4, rel=1e-5)
+    assert tta < single
+
+
+def test_only_the_top_k_candidates_are_rescored_with_flips():
+    from lungvlm.inference.scan import prepare_scan, score_candidates
+
+    image = _ramp_image() ** 2  # convex along z: the higher the centre, the larger the logit
+    prepared = prepare_scan(image * 1000.0 - 1000.0, (1.0, 1.0, 1.0))
+    from lungvlm.inference.scan import DetectedNodule
+
+    centres = [(16.0, 12.0, 12.0), (8.0, 12.0, 12.0), (12.0, 12.0, 12.0)]
+    instances = [
+        DetectedNodule(i + 1, 0.9, 10, c, c, c, 10.0, 3.0, 3.0, 3.0) for i, c in enumerate(centres)
+    ]
+    labels = np.zeros(image.shape, np.int32)
+    model = _RampModel()
+    single = candidate_probabilities(model, prepared.image, centres, 8, 0.0, 1)
+    flipped = candidate_probabilities(model, prepared.image, centres, 8, 0.0, 1, flips=True)
+    _, ranked = score_candidates(model, prepared, labels, instances, 8, 0.0, 1, tta_top_k=2)
+    got = {n.centroid_vox: n.candidate_probability for n in ranked}
+    order = np.argsort(single)[::-1]
+    assert order.tolist() == [0, 2, 1] and len(set(np.round(single, 6))) == 3
+    for position, i in enumerate(order):
+        expected = flipped[i] if position < 2 else single[i]
+        assert got[centres[i]] == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="tta_top_k"):
+        score_candidates(model, prepared, labels, instances, 8, 0.0, 1, tta_top_k=-1)

@@ -257,7 +257,7 @@ def test_candidate_head_scores_and_ranks_the_instances(sw_batch_size, calls):
     prepared = prepare_scan(two_spheres(), (1.0, 1.0, 1.0))
     plain = segment_scan(BrightnessModel(), prepared, 16, 0.25, sw_batch_size)
     model = ScoredBrightnessModel()
-    seg = segment_scan(model, prepared, 16, 0.25, sw_batch_size)
+    seg = segment_scan(model, prepared, 16, 0.25, sw_batch_size, tta_top_k=0)
     # Without a head: ranked by peak probability, the bright sphere first, no candidate score.
     assert [round(n.centroid_vox[2]) for n in plain.instances] == [14, 48]
     assert plain.instances[0].candidate_probability is None
@@ -285,10 +285,15 @@ def test_candidate_head_scores_and_ranks_the_instances(sw_batch_size, calls):
 def test_candidate_crops_carry_the_context_crop_when_the_encoder_uses_it():
     prepared = prepare_scan(two_spheres(), (1.0, 1.0, 1.0))
     model = ScoredBrightnessModel(use_context=True)
-    seg = segment_scan(model, prepared, 16, 0.25, 4, context_scale=2.0)
+    seg = segment_scan(model, prepared, 16, 0.25, 4, context_scale=2.0, tta_top_k=0)
     assert len(seg.instances) == 2
     # Sliding windows come through model(...), candidate crops through the encoder: one batch.
     assert model.encoder.contexts == [(2, 1, 16, 16, 16)]
+    # Flip test-time augmentation of the two: one more batch per view (as sampled + 3 mirrored),
+    # each with its (mirrored) context crop.
+    model = ScoredBrightnessModel(use_context=True)
+    segment_scan(model, prepared, 16, 0.25, 4, context_scale=2.0, tta_top_k=2)
+    assert model.encoder.contexts == [(2, 1, 16, 16, 16)] * 5
 
 
 def test_cascade_instances_get_the_candidate_score_too():
@@ -296,3 +301,41 @@ def test_cascade_instances_get_the_candidate_score_too():
     seg = segment_scan_cascade(ScoredBrightnessModel(), prepared, 16, 0.25, 4)
     assert [round(n.centroid_vox[2]) for n in seg.instances] == [48, 14]
     assert all(n.candidate_probability is not None for n in seg.instances)
+
+
+# ------------------------------------------------------------------ weak candidates
+def _blob(shape, centre, radius, peak):
+    """A probability blob: ``peak`` at ``centre``, falling linearly to 0 at ``radius`` voxels."""
+    grid = np.indices(shape).astype(np.float64)
+    dist = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)))
+    return (peak * np.clip(1.0 - dist / radius, 0.0, None)).astype(np.float32)
+
+
+def test_weak_candidates_are_added_without_changing_the_confident_ones():
+    from lungvlm.inference.scan import extract_instances
+
+    shape = (24, 24, 24)
+    confident = _blob(shape, (6, 6, 6), 5.0, 0.9)  # >= 0.5 within 2.2 voxels of its centre
+    weak = _blob(shape, (17, 17, 17), 5.0, 0.4)  # peak 0.4 < 0.5: a weak candidate
+    faint = _blob(shape, (6, 18, 18), 5.0, 0.12)  # below the floor: never a candidate
+    probability = np.maximum(np.maximum(confident, weak), faint)
+    prepared = prepare_scan(np.zeros(shape, np.float32), (1.0, 1.0, 1.0))
+
+    plain_labels, plain = extract_instances(probability, prepared, 0.5, 1.0)
+    labels, found = extract_instances(probability, prepared, 0.5, 1.0, candidate_floor=0.15)
+    assert len(plain) == 1 and len(found) == 2
+    # The confident instance is unchanged: same voxels, same label, same measurements.
+    assert found[0] == plain[0]
+    np.testing.assert_array_equal(labels == 1, plain_labels == 1)
+    # The weak one: voxels at or above max(floor, peak / 2) = 0.2 of its blob, i.e. within
+    # 2.5 voxels of (17, 17, 17); label 2; peak score 0.4; centred on the blob.
+    expected = weak >= 0.2
+    np.testing.assert_array_equal(labels == 2, expected)
+    assert found[1].label == 2 and found[1].score == pytest.approx(0.4, abs=1e-6)
+    assert found[1].num_voxels == int(expected.sum())
+    np.testing.assert_allclose(found[1].centroid_vox, (17.0, 17.0, 17.0), atol=1e-6)
+    assert not (labels[faint > 0] > 0).any()
+    with pytest.raises(ValueError, match="candidate_floor"):
+        from lungvlm.inference.scan import add_weak_candidates
+
+        add_weak_candidates(probability, labels.copy(), 0.5, 0.6, 1)

@@ -29,7 +29,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lungvlm.commands.options import add_ckpt, add_device, add_phantom_size, add_progress
+from lungvlm.commands.options import (
+    add_ckpt,
+    add_device,
+    add_phantom_size,
+    add_progress,
+    non_negative_int,
+)
 
 if TYPE_CHECKING:
     from lungvlm.evaluation.detection import EvaluationResult, EvaluationScan, ScanEvaluation
@@ -91,6 +97,18 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
     parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold")
+    parser.add_argument(
+        "--tta-top-k", type=non_negative_int, default=None,
+        help="candidates per scan re-scored by the candidate head with flip test-time "
+        "augmentation (0: none; default: what `lungvlm report` uses, "
+        "lungvlm.inference.scan.DEFAULT_TTA_TOP_K)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--candidate-floor", type=float, default=None,
+        help="probability floor of the weak candidates, below --threshold, used with a "
+        "candidate head (default: what `lungvlm report` uses, "
+        "lungvlm.inference.scan.DEFAULT_CANDIDATE_FLOOR; 0: none)",
+    )  # fmt: skip
     parser.add_argument(
         "--candidate-threshold", type=float, default=None,
         help="operating-point candidate threshold (default: the checkpoint's calibrated one; "
@@ -290,7 +308,8 @@ def _segment_one(model, args: argparse.Namespace) -> dict:
     segment = segment_scan_cascade if args.cascade else segment_scan
     seg = segment(
         model, prepared, args.roi, args.overlap, args.sw_batch_size, lung,
-        context_scale=args.context_scale, threshold=args.threshold,
+        context_scale=args.context_scale, threshold=args.threshold, tta_top_k=args.tta_top_k,
+        candidate_floor=args.candidate_floor,
     )  # fmt: skip
     seg.timings_s["prepare"] = prepare_s
     print(f"{'#':>3}{'score':>7}{'diameter mm':>13}{'volume mm3':>12}  world (x, y, z) mm")
@@ -332,7 +351,8 @@ def evaluate_phantoms(model, args: argparse.Namespace, settings: dict) -> Evalua
 
     seeds = phantom_seed_list(args.phantom_seeds, args.min_thick_low_dose, args.phantom_size)
     segment_kwargs = {"roi_size_vox": args.roi, "overlap": args.overlap,
-                      "sw_batch_size": args.sw_batch_size, "context_scale": args.context_scale}  # fmt: skip
+                      "sw_batch_size": args.sw_batch_size, "context_scale": args.context_scale,
+                      "tta_top_k": args.tta_top_k, "candidate_floor": args.candidate_floor}  # fmt: skip
     evaluations, n_resumed = [], 0
     lungvlm_progress.update("phantom chests", 0, len(seeds))
     for index, seed in enumerate(seeds):
@@ -378,8 +398,20 @@ def run(args: argparse.Namespace) -> int:
     from lungvlm.commands.options import resolve_device
     from lungvlm.commands.progress import progress_bars
     from lungvlm.export.writer import write_text_atomic
+    from lungvlm.inference.scan import DEFAULT_CANDIDATE_FLOOR, DEFAULT_TTA_TOP_K
     from lungvlm.lightning.checkpoint import load_model, read_checkpoint
 
+    if args.tta_top_k is None:
+        args.tta_top_k = DEFAULT_TTA_TOP_K
+    if args.candidate_floor is None:
+        args.candidate_floor = DEFAULT_CANDIDATE_FLOOR
+    if args.candidate_floor == 0:
+        args.candidate_floor = None
+    elif not 0 < args.candidate_floor < args.threshold:
+        raise ValueError(
+            f"--candidate-floor {args.candidate_floor:g} must be 0 (none) or lie between 0 and "
+            f"--threshold {args.threshold:g}"
+        )
     if args.scan is not None and args.phantom_seeds is not None:
         raise ValueError("give a SCAN or --phantom-seeds, not both")
     seeds = (
@@ -407,7 +439,8 @@ def run(args: argparse.Namespace) -> int:
         "size": args.phantom_size, "cascade": args.cascade, "roi_size_vox": args.roi,
         "overlap": args.overlap, "target_spacing_mm": args.target_spacing,
         "context_scale": args.context_scale, "threshold": args.threshold,
-        "lung_mask": not args.no_lung_mask,
+        "lung_mask": not args.no_lung_mask, "tta_top_k": args.tta_top_k,
+        "candidate_floor": args.candidate_floor,
     }  # fmt: skip
     with progress_bars(args.progress):
         result = evaluate_phantoms(model, args, settings)

@@ -12,10 +12,20 @@ original voxel centre) and then normalised with the checkpoint's
 ``hu_min``/``hu_max`` through :func:`lungvlm.clinical.hu.normalize_hu`, as training did.
 Sliding windows: :mod:`lungvlm.inference.windows`.
 
-Candidates: every connected component of the thresholded probability is a candidate. When the
+Candidates: every connected component of the thresholded probability is a candidate. With a
+``candidate_floor`` below the threshold (the default when the model has a candidate head), the
+components of ``probability >= candidate_floor`` that hold no voxel at or above the threshold
+are candidates too ("weak" candidates: the segmentation saw something, but never with
+confidence); each is the part of its component at or above half its peak probability (and the
+floor), so a confident instance is exactly what it was without the floor. On 6 phantom
+validation chests a floor of 0.15 found 11 of 15 nodules among the candidates instead of 9; the
+candidate head decides which of them are nodules. When the
 model has a candidate head, each gets ``candidate_probability`` from it
 (:mod:`lungvlm.inference.candidate_score`) and the candidates are ranked by it; otherwise by
-``score``, the component's peak probability. Label 1 is the top-ranked candidate.
+``score``, the component's peak probability. Label 1 is the top-ranked candidate. The
+``tta_top_k`` best-scored candidates of a scan are scored again with flip test-time augmentation
+(the mean over four mirrored views, :mod:`lungvlm.inference.candidate_score`); the others keep
+their single-pass probability.
 """
 
 from __future__ import annotations
@@ -36,11 +46,19 @@ from lungvlm.imaging.volume import affine_lps
 from lungvlm.inference.candidate_score import candidate_probabilities, has_candidate_head
 from lungvlm.inference.guard import InferenceGuard
 from lungvlm.inference.windows import dilate_mm, sliding_window_probability, window_selector
-from lungvlm.metrics.segmentation import label_components
+from lungvlm.metrics.segmentation import NoduleInstance, label_components
 
 #: Volume (mm³) of a 3 mm sphere: LUNA16 ignores findings under 3 mm (``reference/luna16.md``),
 #: so smaller components are dropped by default (a project choice).
 MIN_NODULE_VOLUME_MM3: float = 4.0 / 3.0 * math.pi * 1.5**3
+
+#: Candidates per scan re-scored with flip test-time augmentation (module docstring). Chosen on
+#: phantom validation chests (benchmarks/RESULTS.md, issue 15's note): the operating point and
+#: the FROC up to 8 FPs/scan are decided among the top few dozen candidates of a scan.
+DEFAULT_TTA_TOP_K: int = 16
+
+#: Probability floor of the weak candidates (module docstring), used with a candidate head.
+DEFAULT_CANDIDATE_FLOOR: float = 0.15
 
 
 def _check_spacing(name: str, spacing_mm: ArrayLike) -> tuple[float, float, float]:
@@ -247,12 +265,15 @@ def extract_instances(
     threshold: float = 0.5,
     min_volume_mm3: float = MIN_NODULE_VOLUME_MM3,
     guard: InferenceGuard | None = None,
+    candidate_floor: float | None = None,
 ) -> tuple[NDArray[np.int32], list[DetectedNodule]]:
     """Connected components (26-connected) of ``probability >= threshold``, measured.
 
     Components smaller than ``min_volume_mm3`` are dropped; each kept one is measured with
-    :func:`lungvlm.clinical.measure.measure_nodule` at the prepared spacing. A ``guard`` checks
-    the component count before they are measured and their sizes after.
+    :func:`lungvlm.clinical.measure.measure_nodule` at the prepared spacing. A
+    ``candidate_floor`` below ``threshold`` adds the weak candidates (module docstring,
+    :func:`add_weak_candidates`) after them. A ``guard`` checks the component count before they
+    are measured and their sizes after.
 
     Raises:
         RunawayInferenceError: a ``guard`` limit is exceeded
@@ -261,6 +282,10 @@ def extract_instances(
     voxel_mm3 = float(np.prod(prepared.spacing_mm))
     min_voxels = max(1, math.ceil(min_volume_mm3 / voxel_mm3 - 1e-9))
     labels, components = label_components(probability, threshold, min_voxels, score="max")
+    if candidate_floor is not None and candidate_floor < threshold:
+        components += add_weak_candidates(
+            probability, labels, threshold, candidate_floor, min_voxels
+        )
     if guard is not None:
         guard.check_count(len(components))
     instances = []
@@ -288,6 +313,47 @@ def extract_instances(
     return labels, instances
 
 
+def add_weak_candidates(
+    probability: NDArray[np.float32],
+    labels: NDArray[np.int32],
+    threshold: float,
+    candidate_floor: float,
+    min_voxels: int,
+) -> list[NoduleInstance]:
+    """Add the weak candidates of ``probability`` to ``labels`` (in place) and return them.
+
+    A weak candidate is a 26-connected component of ``probability >= candidate_floor`` whose
+    peak is below ``threshold``; its region is the part at or above
+    ``max(candidate_floor, peak / 2)``, kept when it has at least ``min_voxels`` voxels. New
+    labels follow the largest one in ``labels``, by decreasing peak.
+    """
+    if not 0.0 < candidate_floor < threshold:
+        raise ValueError(
+            f"candidate_floor={candidate_floor!r} must lie in (0, threshold={threshold!r})"
+        )
+    low, components = label_components(probability, candidate_floor, min_voxels, score="max")
+    added: list[NoduleInstance] = []
+    next_label = int(labels.max(initial=0)) + 1
+    for comp in components:  # by decreasing peak
+        if comp.score >= threshold:
+            continue
+        region = (low[comp.bbox] == comp.label) & (
+            probability[comp.bbox] >= max(candidate_floor, comp.score / 2.0)
+        )
+        count = int(region.sum())
+        if count < min_voxels:
+            continue
+        labels[comp.bbox][region] = next_label
+        centre = np.argwhere(region).mean(axis=0) + [s.start for s in comp.bbox]
+        added.append(
+            NoduleInstance(
+                next_label, tuple(float(c) for c in centre), comp.score, count, comp.bbox
+            )
+        )
+        next_label += 1
+    return added
+
+
 def rank_instances(
     labels: NDArray[np.int32], instances: Sequence[DetectedNodule]
 ) -> tuple[NDArray[np.int32], list[DetectedNodule]]:
@@ -310,12 +376,28 @@ def score_candidates(
     crop_size_vox: int,
     context_scale: float = 2.0,
     batch_size: int = 4,
+    tta_top_k: int = DEFAULT_TTA_TOP_K,
 ) -> tuple[NDArray[np.int32], list[DetectedNodule]]:
-    """Give each instance its ``candidate_probability`` and rank by it (module docstring)."""
+    """Give each instance its ``candidate_probability`` and rank by it (module docstring).
+
+    The ``tta_top_k`` instances with the highest single-pass probability are scored again with
+    flip test-time augmentation and keep that mean; 0 turns it off.
+    """
+    if not isinstance(tta_top_k, (int, np.integer)) or tta_top_k < 0:
+        raise ValueError(f"tta_top_k={tta_top_k!r} must be an int >= 0")
+    centres = [n.centroid_vox for n in instances]
     probabilities = candidate_probabilities(
-        model, prepared.image, [n.centroid_vox for n in instances], crop_size_vox,
-        context_scale, batch_size, prepared.normalization,
+        model, prepared.image, centres, crop_size_vox, context_scale, batch_size,
+        prepared.normalization,
     )  # fmt: skip
+    top = sorted(range(len(centres)), key=lambda i: -probabilities[i])[: int(tta_top_k)]
+    if top:
+        averaged = candidate_probabilities(
+            model, prepared.image, [centres[i] for i in top], crop_size_vox, context_scale,
+            batch_size, prepared.normalization, flips=True,
+        )  # fmt: skip
+        for i, p in zip(top, averaged, strict=True):
+            probabilities[i] = p
     scored = [
         replace(n, candidate_probability=float(p))
         for n, p in zip(instances, probabilities, strict=True)
@@ -337,6 +419,8 @@ def segment_scan(
     region: NDArray[np.bool_] | None = None,
     progress: bool = False,
     guard: InferenceGuard | None = None,
+    tta_top_k: int = DEFAULT_TTA_TOP_K,
+    candidate_floor: float | None = DEFAULT_CANDIDATE_FLOOR,
 ) -> ScanSegmentation:
     """Segment a prepared scan by sliding windows and list its nodules.
 
@@ -357,6 +441,9 @@ def segment_scan(
         progress: show a progress bar over window batches.
         guard: limits checked on the components right after the segmentation, before the
             candidate head scores them (:mod:`lungvlm.inference.guard`); None checks nothing.
+        tta_top_k: candidates re-scored with flip test-time augmentation (0: none).
+        candidate_floor: probability floor of the weak candidates (module docstring); used only
+            when the model has a candidate head to judge them; None: none.
 
     With a candidate head on the model, every instance gets ``candidate_probability`` (crops of
     ``roi_size_vox``, ``sw_batch_size`` per forward pass) and instances are ranked by it
@@ -376,9 +463,12 @@ def segment_scan(
         prob[~mask] = 0.0
     timings["sliding_window"] = time.perf_counter() - start
     start = time.perf_counter()
-    labels, instances = extract_instances(prob, prepared, threshold, min_volume_mm3, guard)
+    scored = has_candidate_head(model)
+    labels, instances = extract_instances(
+        prob, prepared, threshold, min_volume_mm3, guard, candidate_floor if scored else None
+    )
     timings["components"] = time.perf_counter() - start
-    if has_candidate_head(model):
+    if scored:
         sides = {int(v) for v in np.broadcast_to(np.asarray(roi_size_vox), (3,))}
         if len(sides) != 1:
             raise ValueError(
@@ -386,7 +476,8 @@ def segment_scan(
             )
         start = time.perf_counter()
         labels, instances = score_candidates(
-            model, prepared, labels, instances, sides.pop(), context_scale, sw_batch_size
-        )
+            model, prepared, labels, instances, sides.pop(), context_scale, sw_batch_size,
+            tta_top_k,
+        )  # fmt: skip
         timings["candidate_score"] = time.perf_counter() - start
     return ScanSegmentation(prob, labels, instances, prepared, n_total, n_run, timings)

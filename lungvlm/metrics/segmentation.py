@@ -85,12 +85,12 @@ def label_components(
         value = float(values.max() if score == "max" else values.mean())
         found.append((value, index, tuple(float(c) for c in coords), count, bbox))
     found.sort(key=lambda item: (-item[0], item[1]))
-    labels = np.zeros(raw.shape, dtype=np.int32)
+    lookup = np.zeros(n + 1, dtype=np.int32)  # raw component index -> kept label (0: dropped)
     instances = []
     for new_label, (value, index, centroid, count, bbox) in enumerate(found, start=1):
-        labels[raw == index] = new_label
+        lookup[index] = new_label
         instances.append(NoduleInstance(new_label, centroid, value, count, bbox))
-    return labels, instances
+    return lookup[raw], instances
 
 
 def connected_components(

@@ -65,7 +65,7 @@ $(LANGUAGE_CKPT): | $(STAMP)
 train-stage3: $(STAMP) | $(STAGE2_CKPT) $(LANGUAGE_CKPT) ## Stage 3: grounded vision-language model on phantoms (runs stages 1-2 and the language pretraining first if their checkpoints are missing), then calibrates it into last_calibrated.ckpt (sentence confidence, and the candidate threshold on validation chests)
 	$(VENV)/bin/lungvlm fit --config experiments/base.yaml --config experiments/stage3.yaml
 	$(VENV)/bin/lungvlm calibrate --ckpt $(STAGE3_CKPT) --no-progress
-	$(VENV)/bin/lungvlm calibrate --ckpt $(STAGE3_CKPT) --detection --no-progress
+	$(VENV)/bin/lungvlm calibrate --ckpt $(STAGE3_CKPT) --detection --n-chests 6 --no-progress
 
 SWEEP ?= experiments/sweeps/stage2_tiny.yaml
 TRIALS ?=

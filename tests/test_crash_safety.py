@@ -154,6 +154,7 @@ def test_stale_report_partial_is_removed_and_a_live_one_kept(tmp_path: Path):
         (folder / WRITER_FILE).write_text(str(pid))
         (folder / "report.json").write_text("{")
     legacy.mkdir()  # no writer file, fresh: kept (could still be written by an old version)
+    (legacy / "report.json").write_text("{")
     assert remove_stale_partials(tmp_path) == [stale]
     assert not stale.exists() and (live / "report.json").is_file() and legacy.is_dir()
     old = time.time() - 7200
@@ -177,6 +178,18 @@ def _report_args(scan: Path, ckpt: Path, out: Path) -> list[str]:
 
 def _writing(parent: Path) -> bool:
     return parent.is_dir() and any(parent.glob(".*.partial"))
+
+
+def test_an_empty_unclaimed_partial_is_stale_after_seconds(tmp_path: Path):
+    # A run killed between creating its .partial folder and writing its pid into it.
+    fresh, killed = tmp_path / ".case.a1.partial", tmp_path / ".case.b2.partial"
+    fresh.mkdir()
+    killed.mkdir()
+    then = time.time() - 5.0  # older than UNOWNED_EMPTY_STALE_S (2 s)
+    os.utime(killed, (then, then))
+    os.utime(fresh, (time.time() + 60.0,) * 2)  # "just created", whatever the test's pace
+    assert remove_stale_partials(tmp_path) == [killed]
+    assert fresh.is_dir() and not killed.exists()
 
 
 def test_report_killed_while_writing_leaves_nothing_and_reruns(tmp_path: Path):

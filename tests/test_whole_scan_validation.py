@@ -338,7 +338,8 @@ def test_stage2_selects_by_cpm_and_the_debug_overlay_turns_it_off(tmp_path):
     (mining,) = [c for c in stage2.callbacks if type(c).__name__ == "HardNegativeMining"]
     assert (mining.epochs, mining.n_chests) == ([3, 8], 2)
     (callback,) = [c for c in stage2.callbacks if isinstance(c, WholeScanValidation)]
-    assert (callback.every_n_epochs, callback.n_chests, callback.phantom_size) == (16, 1, "default")
+    assert (callback.every_n_epochs, callback.n_chests, callback.phantom_size) == (13, 1, "default")
+    assert callback.every_n_epochs == stage2.max_epochs  # once, at the last epoch
     assert (stage2.checkpoint_callback.monitor, stage2.checkpoint_callback.mode) == (
         "val/det/cpm",
         "max",

@@ -110,6 +110,9 @@ WRITER_FILE = ".writer-pid"
 #: A ``.partial`` folder without :data:`WRITER_FILE` (written before it existed) is stale
 #: after this long untouched.
 UNOWNED_STALE_S = 3600.0
+#: An *empty* ``.partial`` folder without :data:`WRITER_FILE` is stale after this long: its
+#: writer writes that file right after creating the folder, so it was killed in between (s).
+UNOWNED_EMPTY_STALE_S = 2.0
 #: A ``.old`` folder (an overwritten report moved aside) untouched this long is settled (s).
 OLD_SETTLE_S = 60.0
 
@@ -119,7 +122,8 @@ def remove_stale_partials(parent: str | Path) -> list[Path]:
     (and settle its ``.old`` folders: :func:`_settle_old_folders`).
 
     A folder is removed when the pid in its :data:`WRITER_FILE` is dead on this machine, or,
-    lacking that file, when it was not modified for :data:`UNOWNED_STALE_S`. The folder of a
+    lacking that file, when it was not modified for :data:`UNOWNED_STALE_S`
+    (:data:`UNOWNED_EMPTY_STALE_S` when it is empty: killed before it was claimed). The folder of a
     report still being written is kept.
 
     Returns:
@@ -137,7 +141,9 @@ def remove_stale_partials(parent: str | Path) -> list[Path]:
             stale = not pid_alive(pid)
         except (OSError, ValueError):
             try:
-                stale = time.time() - folder.stat().st_mtime > UNOWNED_STALE_S
+                empty = not any(folder.iterdir())
+                limit = UNOWNED_EMPTY_STALE_S if empty else UNOWNED_STALE_S
+                stale = time.time() - folder.stat().st_mtime > limit
             except OSError:
                 continue  # removed meanwhile
         if stale:

@@ -36,7 +36,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from lungvlm.labels import CONCEPT_NAMES
-from lungvlm.lightning.module import STAGES, LungVLMModule
+from lungvlm.lightning.module import LungVLMModule
 from lungvlm.lightning.vision_language import VisionLanguageConfig
 from lungvlm.types import LungBatch, NoduleSample, ReportSpan, collate_samples
 
@@ -46,6 +46,8 @@ STAGE_FILES: dict[str, str] = {
     "segment": "stage2.yaml",
     "vision_language": "stage3.yaml",
 }
+#: The image stages timed here (the text-only ``language`` stage has no image step).
+STAGES: tuple[str, ...] = tuple(STAGE_FILES)
 H100_BF16_DENSE_TFLOPS = 989.0
 #: Reports in the benchmark tokenizer's corpus; reports are padded to ``max_length`` tokens, so
 #: the vocabulary learnt does not change the cost of a step.

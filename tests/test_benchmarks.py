@@ -7,7 +7,7 @@ import torch
 
 from benchmarks import run_all
 from benchmarks.bench_generation import never_stop
-from benchmarks.bench_training import stage_config, synthetic_batch
+from benchmarks.bench_training import STAGES, stage_config, synthetic_batch
 from benchmarks.run_all import (
     figure,
     format_value,
@@ -181,3 +181,9 @@ def test_report_benchmark_is_skipped_without_a_checkpoint(tmp_path, monkeypatch,
     run_all.main(["--out", str(out), "--quick"])
     assert "no stage-3 checkpoint at" in capsys.readouterr().out
     assert "skipped: no stage-3 checkpoint at" in out.read_text()
+
+
+def test_every_benchmarked_stage_has_its_yaml():
+    # The text-only language stage has no image step to time (and no stageN.yaml).
+    assert STAGES == ("pretrain", "segment", "vision_language")
+    assert [stage_config(stage)["model"]["stage"] for stage in STAGES] == list(STAGES)

@@ -20,11 +20,11 @@ workers and is timed on its own; ``warmup`` batches follow untimed, then ``steps
 - epoch share: the same with the first batch's wait added once per epoch of the configured
   ``n_train / batch_size`` steps (workers restart every epoch: ``persistent_workers`` is off,
   as ``HardNegativeMining`` requires);
-- contention: median step with the workers running / median step of the same batch once they
-  have stopped. On a CPU the workers share the cores with the step, which slows the step
+- contention: median step with the workers running / median of ``max(3, steps // 2)`` steps on
+  the last batch once they have stopped. On a CPU the workers share the cores with the step, which slows the step
   without showing up as wait.
 
-Usage: ``python -m benchmarks.bench_input_pipeline --steps 12 --warmup 3``.
+Usage: ``python -m benchmarks.bench_input_pipeline --steps 10 --warmup 2``.
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.bench_training import build_module, optimizer_step, stage_config
+from benchmarks.bench_training import STAGES, build_module, optimizer_step, stage_config
 from data_modules.phantom_datamodule import PhantomDataModule
-from lungvlm.lightning.module import STAGES
 from lungvlm.types import MINED_KINDS, MinedCrop
 
 #: Crops per kind in the synthetic mined pool (a real round mines up to 48 false positives and
@@ -173,7 +172,7 @@ def stage_pipeline(stage: str, root: Path, steps: int, warmup: int) -> dict[str,
     del iterator  # stops the workers
     batch = loop.pop("last_batch")
     alone_ms = []
-    for _ in range(steps):
+    for _ in range(max(3, steps // 2)):
         start = time.perf_counter()
         step(batch)
         alone_ms.append(1000.0 * (time.perf_counter() - start))
@@ -200,7 +199,7 @@ def stage_pipeline(stage: str, root: Path, steps: int, warmup: int) -> dict[str,
     }
 
 
-def run(stages: Sequence[str] = STAGES, steps: int = 12, warmup: int = 3) -> dict[str, Any]:
+def run(stages: Sequence[str] = STAGES, steps: int = 10, warmup: int = 2) -> dict[str, Any]:
     """Input-pipeline share of each stage's training step (see the module docstring).
 
     Args:
@@ -233,8 +232,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Command-line entry point; prints the result as JSON and returns it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per stage")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after the first")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per stage")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the first")
     args = parser.parse_args(argv)
     result = run(stages=args.stages, steps=args.steps, warmup=args.warmup)
     print(json.dumps(result, indent=2))

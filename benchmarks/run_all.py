@@ -165,7 +165,7 @@ def bench_training(quick: bool) -> tuple[str, list[dict]]:
 def bench_input_pipeline(quick: bool) -> tuple[str, list[dict]]:
     from benchmarks import bench_input_pipeline as mod
 
-    steps, warmup = (4, 1) if quick else (12, 3)
+    steps, warmup = (4, 1) if quick else (10, 2)
     r = mod.run(steps=steps, warmup=warmup)
     rows, settings = [], []
     for stage, s in r["stages"].items():

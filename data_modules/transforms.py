@@ -28,7 +28,7 @@ def train_augmentation(
 
     The Compose deep-copies the subject once and its transforms work on that copy
     (``copy=False``): torchio's default deep-copies it, history included, before each of the
-    five, about a quarter of a sample's augmentation time, for the same values.
+    five, up to a quarter of a sample's augmentation time, for the same values.
     """
     return tio.Compose(
         [

@@ -6,9 +6,12 @@ nodule crops (a bright sphere in noisy lung, collated by ``collate_samples``). O
 forward + backward + gradient clipping (``trainer.gradient_clip_val``) + optimizer step; the
 median over ``steps`` timed steps after ``warmup`` untimed ones is reported in ms.
 
-Data loading: the median time for ``PhantomDataModule(num_workers=0)`` to produce one training
-batch (after a first, untimed batch that warms the phantom template cache), and for each stage
-the share of a serial load + step spent loading, ``load / (load + step)``.
+Uncached data loading (not how training runs): the median time for
+``PhantomDataModule(num_workers=0)`` without a cache, rendering every phantom, to produce one
+training batch (after a first, untimed batch that warms the phantom template cache), and for
+each stage the share of a serial load + step spent loading, ``load / (load + step)``. The
+share as training runs (warm cache, worker processes, mined pool) is measured by
+:mod:`benchmarks.bench_input_pipeline`.
 
 On CUDA, stage 3 is also timed in fp32 and under bf16 autocast: samples/s, peak memory
 (``torch.cuda.max_memory_allocated``) and achieved TFLOP/s from the FLOPs of one step
@@ -33,7 +36,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from lungvlm.labels import CONCEPT_NAMES
-from lungvlm.lightning.module import STAGES, LungVLMModule
+from lungvlm.lightning.module import LungVLMModule
 from lungvlm.lightning.vision_language import VisionLanguageConfig
 from lungvlm.types import LungBatch, NoduleSample, ReportSpan, collate_samples
 
@@ -43,6 +46,8 @@ STAGE_FILES: dict[str, str] = {
     "segment": "stage2.yaml",
     "vision_language": "stage3.yaml",
 }
+#: The image stages timed here (the text-only ``language`` stage has no image step).
+STAGES: tuple[str, ...] = tuple(STAGE_FILES)
 H100_BF16_DENSE_TFLOPS = 989.0
 #: Reports in the benchmark tokenizer's corpus; reports are padded to ``max_length`` tokens, so
 #: the vocabulary learnt does not change the cost of a step.
@@ -84,7 +89,7 @@ def build_module(stage: str, experiments_dir: Path = EXPERIMENTS_DIR) -> LungVLM
     encoder = class_factory(model["encoder"])()
     heads = {
         name: class_factory(model[name])
-        for name in ("seg_head", "recon_head", "vl_heads")
+        for name in ("seg_head", "candidate_head", "recon_head", "vl_heads")
         if name in model
     }
     optimizer = class_factory(model["optimizer"])
@@ -148,20 +153,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def optimizer_step(
+    module: LungVLMModule,
+    optimizer: torch.optim.Optimizer,
+    batch: LungBatch,
+    clip: float | None,
+    bf16: bool = False,
+) -> None:
+    """One training step: forward + backward + gradient clipping (``clip``) + optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(batch.image.device.type, dtype=torch.bfloat16, enabled=bf16):
+        total = module.shared_step(batch)[0]["total"]
+    total.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+    optimizer.step()
+
+
 def _make_step(module: LungVLMModule, batch: LungBatch, clip: float | None, bf16: bool):
     optimizer = module.configure_optimizers()
-    device = batch.image.device
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            total = module.shared_step(batch)[0]["total"]
-        total.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
-        optimizer.step()
-
-    return step
+    return lambda: optimizer_step(module, optimizer, batch, clip, bf16)
 
 
 def median_ms(step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> float:
@@ -188,7 +199,7 @@ def _prepared(stage: str, batch_size: int, crop: int, device: torch.device):
 
 
 def loading_ms(batch_size: int, crop: int, batches: int) -> float:
-    """Median ms for ``PhantomDataModule(num_workers=0)`` to yield one training batch."""
+    """Median ms for an uncached ``PhantomDataModule(num_workers=0)`` to yield one batch."""
     from data_modules.phantom_datamodule import PhantomDataModule
 
     dm = PhantomDataModule(

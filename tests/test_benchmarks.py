@@ -7,7 +7,7 @@ import torch
 
 from benchmarks import run_all
 from benchmarks.bench_generation import never_stop
-from benchmarks.bench_training import stage_config, synthetic_batch
+from benchmarks.bench_training import STAGES, stage_config, synthetic_batch
 from benchmarks.run_all import (
     figure,
     format_value,
@@ -181,3 +181,26 @@ def test_report_benchmark_is_skipped_without_a_checkpoint(tmp_path, monkeypatch,
     run_all.main(["--out", str(out), "--quick"])
     assert "no stage-3 checkpoint at" in capsys.readouterr().out
     assert "skipped: no stage-3 checkpoint at" in out.read_text()
+
+
+def test_every_benchmarked_stage_has_its_yaml():
+    # The text-only language stage has no image step to time (and no stageN.yaml).
+    assert STAGES == ("pretrain", "segment", "vision_language")
+    assert [stage_config(stage)["model"]["stage"] for stage in STAGES] == list(STAGES)
+
+
+def test_input_pipeline_section_reports_share_per_stage(monkeypatch):
+    from benchmarks import bench_input_pipeline
+
+    stage = {"batch_size": 8, "num_workers": 2, "mined_fraction": 0.3, "mined_pool": 8,
+             "first_wait_ms": 300.0, "wait_ms": 12.5, "max_wait_ms": 20.0, "step_ms": 487.5,
+             "share": 0.025, "epoch_share": 0.0336, "step_alone_ms": 406.25, "contention": 1.2}  # fmt: skip
+    fake = {"threads": 2, "steps": 4, "warmup": 1, "stages": {"segment": stage}}
+    monkeypatch.setattr(bench_input_pipeline, "run", lambda steps, warmup: fake)
+    note, rows = run_all.bench_input_pipeline(quick=True)
+    values = {row["name"]: (row["value"], row["unit"]) for row in rows}
+    assert values["segment input-pipeline share"] == (2.5, "%")
+    assert values["segment share, worker start-up once per epoch"] == pytest.approx((3.36, "%"))
+    assert values["segment wait on next(iterator)"] == (12.5, "ms")
+    assert values["segment step slowdown while workers run"] == (1.2, "×")
+    assert "segment: batch 8, 2 workers, mined fraction 0.3 (pool of 8)" in note

@@ -8,7 +8,7 @@ RUNS ?= runs
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format phantom train-stage1 train-stage2 train-language train-stage3 sweep bench clean
+.PHONY: help install test test-all lint format phantom train-stage1 train-stage2 train-language train-stage3 audit data-efficiency sweep bench clean
 
 help: ## List the targets with a one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -66,6 +66,16 @@ train-stage3: $(STAMP) | $(STAGE2_CKPT) $(LANGUAGE_CKPT) ## Stage 3: grounded vi
 	$(VENV)/bin/lungvlm fit --config experiments/base.yaml --config experiments/stage3.yaml
 	$(VENV)/bin/lungvlm calibrate --ckpt $(STAGE3_CKPT) --no-progress
 	$(VENV)/bin/lungvlm calibrate --ckpt $(STAGE3_CKPT) --detection --n-chests 6 --no-progress
+
+AUDIT_CKPT ?= $(RUNS)/stage3/checkpoints/last_calibrated.ckpt
+DATA_EFFICIENCY := $(RUNS)/data_efficiency/data_efficiency.json
+audit: $(STAMP) ## Audit the calibrated stage-3 checkpoint (calibration, Brock, Lung-RADS hierarchy, subgroups, robustness, deferral, zero-shot, energy) into $(RUNS)/audit
+	$(VENV)/bin/lungvlm audit --ckpt $(AUDIT_CKPT) --out $(RUNS)/audit --no-progress \
+		--runs $(wildcard $(RUNS)/stage1 $(RUNS)/stage2 $(RUNS)/language $(RUNS)/stage3) \
+		$(if $(wildcard $(DATA_EFFICIENCY)),--data-efficiency $(DATA_EFFICIENCY))
+
+data-efficiency: $(STAMP) | $(STAGE1_CKPT) ## Stage-2 Dice at 5-100 % of the labels, from stage 1 and from scratch, into $(RUNS)/data_efficiency (resumable; `make audit` then includes it)
+	$(VENV)/bin/lungvlm data-efficiency --out $(RUNS)/data_efficiency --stage1-ckpt $(STAGE1_CKPT) --no-progress
 
 SWEEP ?= experiments/sweeps/stage2_tiny.yaml
 TRIALS ?=

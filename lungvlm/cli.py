@@ -30,6 +30,8 @@ PLAIN_COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("lungvlm.commands.calibrate", "fit the sentence-confidence threshold and malignancy temperature"),
     "evaluate": ("lungvlm.commands.evaluate", "whole-chest detection: per-nodule Dice, FROC/CPM, FPs per scan"),
     "evaluate-reports": ("lungvlm.commands.evaluate_reports", "score whole-exam reports against phantom truth"),
+    "audit": ("lungvlm.commands.audit", "calibration, Brock baseline, hierarchical Lung-RADS errors, subgroup fairness"),
+    "data-efficiency": ("lungvlm.commands.data_efficiency", "Dice at 5-100 % of the labels, from stage 1 and from scratch"),
     "export-onnx": ("lungvlm.commands.export_onnx", "export encoder + segmentation head to ONNX (parity-checked)"),
     "phantom": ("lungvlm.commands.phantom", "write synthetic chest CTs with nodules, labels and reports"),
     "preprocess": ("lungvlm.commands.preprocess", "resample LIDC-IDRI / LUNA16 / phantom data into the training cache"),

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -118,6 +119,10 @@ def test_resumed_fit_keeps_history_and_tokenizer_after_a_kill(tmp_path: Path, mo
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     before = _rows(metrics)
     assert max(int(r["step"]) for r in before) == 3  # steps 0..3 of max_steps 4
+    energy = json.loads((tmp_path / "run" / "energy.json").read_text())
+    assert [s["status"] for s in energy["segments"]] == ["completed"]
+    assert energy["energy_kwh"] > 0 and energy["co2e_kg"] > 0 and "codecarbon" in energy["method"]
+    assert any(r.get("energy/kwh") for r in before)  # logged beside the training metrics
     saved = tmp_path / "first.ckpt"
     shutil.copy(last, saved)
     # A resumed run killed at once: it may have moved metrics.csv aside; nothing is lost.
@@ -143,6 +148,9 @@ def test_resumed_fit_keeps_history_and_tokenizer_after_a_kill(tmp_path: Path, mo
     ]
     assert sorted({int(r["step"]) for r in after if int(r["step"]) >= step}) == [4, 5]
     assert not (metrics.parent / ".metrics.csv.before-resume").exists()
+    energy = json.loads((tmp_path / "run" / "energy.json").read_text())
+    assert len(energy["segments"]) == 2  # the killed run recorded nothing; the resumed one did
+    assert energy["energy_kwh"] == pytest.approx(sum(s["energy_kwh"] for s in energy["segments"]))
 
 
 def test_stale_report_partial_is_removed_and_a_live_one_kept(tmp_path: Path):

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from lungvlm.lightning.energy import EnergyMeter
 from lungvlm.lightning.module import LungVLMModule
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,8 @@ class LungVLMCLI(LightningCLI):
       later files override earlier ones.
     - ``run_dir`` is the run's folder: TensorBoard logs in ``run_dir/tensorboard``, CSV metrics
       in ``run_dir/csv``, checkpoints (best by ``checkpoint.monitor`` plus ``last.ckpt``) in
-      ``run_dir/checkpoints``.
+      ``run_dir/checkpoints``; the energy and CO2e of the fit in ``run_dir/energy.json``
+      (``energy.*``: :class:`~lungvlm.lightning.energy.EnergyMeter`).
     - ``trainer.precision: null`` means bf16-mixed when a CUDA GPU is present, fp32 otherwise.
     """
 
@@ -128,6 +130,7 @@ class LungVLMCLI(LightningCLI):
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "best"})
+        parser.add_lightning_class_args(EnergyMeter, "energy")
         parser.link_arguments("run_dir", "trainer.default_root_dir")
         parser.link_arguments(
             "run_dir", "checkpoint.dirpath", compute_fn=lambda d: str(Path(d) / "checkpoints")

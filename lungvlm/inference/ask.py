@@ -176,7 +176,7 @@ def answer_questions(
     )
     head = run_nodule_heads(
         model, prepared.image, centre, s.crop_size_vox, s.context_scale,
-        prepared.normalization, s.malignancy_temperature, crops=crops,
+        prepared.normalization, s.malignancy_map(), crops=crops,
     )  # fmt: skip
     answers = []
     with torch.no_grad():

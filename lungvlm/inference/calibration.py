@@ -51,6 +51,70 @@ INTERVAL_TOLERANCE_MONTHS = 0.5
 _SIZE_FIELDS = ("mean_diameter_mm", "solid_component_mm", "prior_mean_diameter_mm")
 
 
+#: Kinds of :class:`MalignancyCalibrator`.
+CALIBRATOR_KINDS: tuple[str, ...] = ("temperature", "isotonic")
+
+
+@dataclass(frozen=True)
+class MalignancyCalibrator:
+    """Map from a raw malignancy logit to a calibrated probability.
+
+    ``temperature``: ``sigmoid(logit / temperature)``. ``isotonic``: a non-decreasing step
+    function fitted by isotonic regression (``lungvlm audit``), stored by its knots
+    ``(knots_logit, knots_probability)``; linear between knots, constant outside them.
+    Stored in a calibrated checkpoint under ``calibration["malignancy_calibrator"]``.
+    """
+
+    kind: str = "temperature"
+    temperature: float = 1.0
+    knots_logit: tuple[float, ...] = ()
+    knots_probability: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in CALIBRATOR_KINDS:
+            raise ValueError(f"kind={self.kind!r} is not one of {CALIBRATOR_KINDS}")
+        if self.kind == "temperature" and not (
+            math.isfinite(self.temperature) and self.temperature > 0
+        ):
+            raise ValueError(f"temperature={self.temperature!r} must be positive and finite")
+        if self.kind == "isotonic":
+            x = np.asarray(self.knots_logit, np.float64)
+            y = np.asarray(self.knots_probability, np.float64)
+            if x.size == 0 or x.shape != y.shape:
+                raise ValueError("an isotonic calibrator needs as many logit as probability knots")
+            if np.any(np.diff(x) < 0) or np.any(np.diff(y) < 0) or y.min() < 0 or y.max() > 1:
+                raise ValueError("isotonic knots must be non-decreasing, probabilities in [0, 1]")
+
+    def probability(self, logits):
+        """Calibrated probability of a logit (float) or of an array of logits (ndarray)."""
+        z = np.asarray(logits, dtype=np.float64)
+        if self.kind == "temperature":
+            p = 1.0 / (1.0 + np.exp(-z / self.temperature))
+        else:
+            p = np.interp(z, self.knots_logit, self.knots_probability)
+        return float(p) if p.ndim == 0 else p
+
+    def to_dict(self) -> dict:
+        """JSON-able dict (lists for the knots)."""
+        out = asdict(self)
+        out["knots_logit"] = list(self.knots_logit)
+        out["knots_probability"] = list(self.knots_probability)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MalignancyCalibrator:
+        """Inverse of :meth:`to_dict`; raises ValueError on a malformed entry."""
+        try:
+            return cls(
+                kind=str(data.get("kind", "temperature")),
+                temperature=float(data.get("temperature", 1.0)),
+                knots_logit=tuple(float(v) for v in data.get("knots_logit", ())),
+                knots_probability=tuple(float(v) for v in data.get("knots_probability", ())),
+            )
+        except (TypeError, AttributeError) as err:
+            raise ValueError(f"malformed malignancy calibrator {data!r}: {err}") from err
+
+
 @dataclass
 class CalibrationResult:
     """What :func:`calibrate` fitted (see the module docstring)."""

@@ -33,6 +33,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
 from lungvlm.clinical.hu import HU_AIR, normalize_hu
+from lungvlm.inference.calibration import MalignancyCalibrator
 from lungvlm.labels import CONCEPT_NAMES, GROWTH_BINS_MONTHS, LUNGRADS_CATEGORIES
 from lungvlm.losses.survival import probability_event_by
 from lungvlm.models.generation import (
@@ -60,7 +61,8 @@ class NoduleHeadOutput:
 
     Attributes:
         malignancy_logit: raw malignancy logit (before temperature scaling).
-        malignancy_probability: ``sigmoid(logit / temperature)``.
+        malignancy_probability: the calibrated probability (``sigmoid(logit / temperature)``,
+            or the checkpoint's isotonic map of the logit).
         lungrads_probabilities: model probability of each Lung-RADS category.
         growth_probability_12m: P(growth by 12 months) from the growth hazards.
         concepts: concept-head rating in [0, 1] per concept name.
@@ -188,7 +190,7 @@ def run_nodule_heads(
     crop_size_vox: int,
     context_scale: float,
     normalization: dict[str, float],
-    temperature: float = 1.0,
+    temperature: float | MalignancyCalibrator = 1.0,
     max_new_tokens: int | None = None,
     crops: NoduleCrops | None = None,
 ) -> NoduleHeadOutput:
@@ -201,7 +203,9 @@ def run_nodule_heads(
         crop_size_vox: training crop edge (voxels).
         context_scale: training context field-of-view factor.
         normalization: the checkpoint's ``hu_min``/``hu_max`` (for the air padding value).
-        temperature: malignancy temperature (calibration); must be > 0.
+        temperature: malignancy temperature (calibration), > 0, or the checkpoint's
+            :class:`~lungvlm.inference.calibration.MalignancyCalibrator` (temperature or
+            isotonic map of the logit).
         max_new_tokens: longest generated report; default the model's validation setting.
         crops: the nodule's crops already through the encoder (:func:`encode_nodule`, same
             centre); given, the encoder is not run again.
@@ -213,8 +217,10 @@ def run_nodule_heads(
     tokenizer = getattr(getattr(model, "vl", None), "tokenizer", None)
     if heads is None or tokenizer is None:
         raise ValueError("the model has no vision-language heads or tokenizer (needs stage 3)")
-    if not temperature > 0:
-        raise ValueError(f"temperature={temperature!r} must be > 0")
+    if not isinstance(temperature, MalignancyCalibrator):
+        if not temperature > 0:
+            raise ValueError(f"temperature={temperature!r} must be > 0")
+        temperature = MalignancyCalibrator(kind="temperature", temperature=float(temperature))
     limit = heads.decoder.max_length - 1
     max_new = min(limit, max_new_tokens or model.vl_config.generation_max_new_tokens)
     device = next(model.parameters()).device
@@ -257,7 +263,7 @@ def run_nodule_heads(
     heads_s += time.perf_counter() - start_t
     return NoduleHeadOutput(
         malignancy_logit=logit,
-        malignancy_probability=float(torch.sigmoid(torch.tensor(logit / temperature))),
+        malignancy_probability=float(temperature.probability(logit)),
         lungrads_probabilities=dict(zip(LUNGRADS_CATEGORIES, lungrads, strict=True)),
         growth_probability_12m=float(growth[0].clamp(0.0, 1.0)),
         concepts=dict(zip(CONCEPT_NAMES, (float(v) for v in concepts), strict=True)),

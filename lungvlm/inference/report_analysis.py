@@ -81,6 +81,7 @@ from lungvlm.clinical.attenuation import (
 from lungvlm.clinical.emphysema import emphysema_severity, laa950_percent
 from lungvlm.clinical.hu import denormalize_hu
 from lungvlm.imaging.volume import affine_lps
+from lungvlm.inference.calibration import MalignancyCalibrator
 from lungvlm.inference.cascade import segment_scan_cascade
 from lungvlm.inference.guard import GuardError, InferenceGuard
 from lungvlm.inference.nodule_heads import NoduleHeadOutput, run_nodule_heads
@@ -126,6 +127,8 @@ class ReportSettings:
         spacing_mm: training (prepared) isotropic spacing (mm).
         sentence_threshold: confidence below which a sentence is uncertain.
         malignancy_temperature: temperature of the malignancy logit.
+        malignancy_calibrator: the calibrator ``lungvlm audit`` kept (temperature or isotonic);
+            when None, the temperature above is applied.
         calibrated: whether the two values above come from ``lungvlm calibrate``.
         candidate_threshold: candidate probability at or above which a candidate is reported
             (``lungvlm calibrate --detection``); None when the checkpoint has none.
@@ -138,6 +141,13 @@ class ReportSettings:
     malignancy_temperature: float = 1.0
     calibrated: bool = False
     candidate_threshold: float | None = None
+    malignancy_calibrator: MalignancyCalibrator | None = None
+
+    def malignancy_map(self) -> MalignancyCalibrator:
+        """The logit-to-probability map the heads apply (audit calibrator, else temperature)."""
+        if self.malignancy_calibrator is not None:
+            return self.malignancy_calibrator
+        return MalignancyCalibrator(kind="temperature", temperature=self.malignancy_temperature)
 
 
 @dataclass
@@ -172,6 +182,10 @@ def settings_from_checkpoint(checkpoint: dict) -> ReportSettings:
         settings.sentence_threshold = float(calibration["sentence_threshold"])
         settings.malignancy_temperature = float(calibration["malignancy_temperature"])
         settings.calibrated = True
+    if calibration.get("malignancy_calibrator"):
+        settings.malignancy_calibrator = MalignancyCalibrator.from_dict(
+            calibration["malignancy_calibrator"]
+        )
     detection = calibration.get("detection") or {}
     if "candidate_threshold" in detection:
         settings.candidate_threshold = float(detection["candidate_threshold"])
@@ -409,7 +423,7 @@ def analyse_scan(
     for done, instance in enumerate(segmentation.instances, start=1):
         out = run_nodule_heads(
             rm.model, prepared.image, instance.centroid_vox, rm.settings.crop_size_vox,
-            rm.settings.context_scale, prepared.normalization, rm.settings.malignancy_temperature,
+            rm.settings.context_scale, prepared.normalization, rm.settings.malignancy_map(),
         )  # fmt: skip
         heads.append(out)
         progress_update("candidate nodules", done, n_candidates)

@@ -344,8 +344,11 @@ def inference_metadata(stage: str, normalization: dict[str, float], tasks: list[
 
 # ---------------------------------------------------------------- calibration
 def calibrated_path(ckpt_path: str | Path) -> Path:
-    """``<folder>/<stem>_calibrated.ckpt`` next to ``ckpt_path``."""
+    """``<folder>/<stem>_calibrated.ckpt`` next to ``ckpt_path``; a file already named
+    ``*_calibrated.ckpt`` is its own calibrated path (calibrations merge into it)."""
     path = Path(ckpt_path)
+    if path.stem.endswith("_calibrated"):
+        return path
     return path.with_name(f"{path.stem}_calibrated.ckpt")
 
 

@@ -145,7 +145,13 @@ def test_run_audit_and_page(records, tmp_path):
     assert audit["calibration"]["growth_12m"]["n_test"] == 240
     page = write_audit_page({**audit, "checkpoint": "x.ckpt"}, tmp_path)
     text = page.read_text()
-    for title in ("1. Calibration", "2. Baselines", "3. Hierarchical", "4. Fairness", "6. Deferral"):
+    for title in (
+        "1. Calibration",
+        "2. Baselines",
+        "3. Hierarchical",
+        "4. Fairness",
+        "6. Deferral",
+    ):
         assert title in text
     pngs = sorted(p.name for p in (tmp_path / "figures").iterdir())
     assert "reliability_malignancy.png" in pngs and "risk_coverage.png" in pngs
@@ -204,7 +210,9 @@ def test_perturbations_change_the_image_as_stated():
     spike = torch.zeros(1, 1, 9, 9, 9)
     spike[0, 0, 4, 4, 4] = 1.0
     blurred = gaussian_blur(1.0, 1.0)(spike, None)
-    assert blurred[0, 0, 4, 4, 4].item() < 0.2 and blurred.sum().item() == pytest.approx(1.0, rel=0.05)
+    assert blurred[0, 0, 4, 4, 4].item() < 0.2 and blurred.sum().item() == pytest.approx(
+        1.0, rel=0.05
+    )
 
     conv = torch.nn.Conv3d(1, 1, 1)  # a 1x1x1 convolution standing in for encoder + head
 

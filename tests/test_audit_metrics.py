@@ -182,7 +182,10 @@ def test_bands_and_subgroups():
     profile = {"manufacturer": "GE", "kernel": "sharp", "slice_thickness_mm": 2.7,
                "exposure_mas": 25.0}  # fmt: skip
     assert [subgroup_of(profile, a) for a in ("vendor", "kernel", "slice_thickness", "dose")] == [
-        "GE", "sharp", ">=2.5 mm", "<=30 mAs"
+        "GE",
+        "sharp",
+        ">=2.5 mm",
+        "<=30 mAs",
     ]
     assert subgroup_of(None, "vendor") is None
 
@@ -191,7 +194,9 @@ def test_subgroup_table_gap_and_bootstrap_ci():
     def record(vendor, hit):
         return {"profile": {"manufacturer": vendor, "kernel": "soft"}, "hit": hit}
 
-    records = [record("A", 1)] * 8 + [record("A", 0)] * 2 + [record("B", 1)] * 5 + [record("B", 0)] * 5
+    records = (
+        [record("A", 1)] * 8 + [record("A", 0)] * 2 + [record("B", 1)] * 5 + [record("B", 0)] * 5
+    )
 
     def sensitivity(sample):
         return float(np.mean([r["hit"] for r in sample])) if sample else None

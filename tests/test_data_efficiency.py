@@ -25,7 +25,9 @@ def test_run_names_and_bad_fractions():
 
 def test_read_final_metrics_takes_the_last_logged_value(tmp_path):
     path = tmp_path / "metrics.csv"
-    path.write_text("epoch,step,train/loss,val/seg/dice\n0,9,0.5,\n0,9,,0.41\n1,19,0.4,\n1,19,,0.57\n2,29,0.3,\n")
+    path.write_text(
+        "epoch,step,train/loss,val/seg/dice\n0,9,0.5,\n0,9,,0.41\n1,19,0.4,\n1,19,,0.57\n2,29,0.3,\n"
+    )
     assert read_final_metrics(path) == {"val/seg/dice": 0.57}
     (tmp_path / "empty.csv").write_text("epoch,step,train/loss\n0,1,0.5\n")
     with pytest.raises(ValueError, match="empty.csv"):
@@ -33,7 +35,9 @@ def test_read_final_metrics_takes_the_last_logged_value(tmp_path):
 
 
 def test_summary_checks_pretrained_at_20_against_scratch_at_100():
-    out = data_efficiency_summary({"stage1": {0.2: 0.70, 1.0: 0.8}, "scratch": {1.0: 0.705, 0.2: 0.6}})
+    out = data_efficiency_summary(
+        {"stage1": {0.2: 0.70, 1.0: 0.8}, "scratch": {1.0: 0.705, 0.2: 0.6}}
+    )
     assert out["curves"]["scratch"] == [[0.2, 0.6], [1.0, 0.705]]
     assert out["difference"] == pytest.approx(-0.005) and out["matches"] is True
     worse = data_efficiency_summary({"stage1": {0.2: 0.65}, "scratch": {1.0: 0.70}})

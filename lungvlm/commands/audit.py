@@ -89,7 +89,11 @@ def _loader_factory(settings, split: str, n: int, batch_size: int):
     """A function returning a fresh loader over ``n`` phantom crops of ``split``."""
     from data_modules.phantom_datamodule import PhantomDataModule
 
-    sizes = {"n_train": 0, "n_val": n if split == "val" else 0, "n_test": n if split == "test" else 0}
+    sizes = {
+        "n_train": 0,
+        "n_val": n if split == "val" else 0,
+        "n_test": n if split == "test" else 0,
+    }
     data = PhantomDataModule(
         crop_size_vox=settings.crop_size_vox, context_scale=settings.context_scale,
         spacing_mm=settings.spacing_mm, batch_size=batch_size, num_workers=0, **sizes,
@@ -240,6 +244,8 @@ def run(args: argparse.Namespace) -> int:
     for name, value in audit["headline"].items():
         print(f"{name:>36}: {json.dumps(value) if isinstance(value, dict) else value}")
     if "calibrator_written_to" in audit:
-        print(f"kept the {audit['headline']['calibrator']} calibrator in {audit['calibrator_written_to']}")
+        print(
+            f"kept the {audit['headline']['calibrator']} calibrator in {audit['calibrator_written_to']}"
+        )
     print(f"wrote {args.out / 'audit.json'} and {page}")
     return 0

@@ -112,12 +112,12 @@ def _plot(summary: dict, path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``lungvlm data-efficiency``; prints the curves and the written files."""
+    from lungvlm.commands.progress import progress_bars
     from lungvlm.evaluation.data_efficiency import (
         data_efficiency_summary,
         read_final_metrics,
         run_name,
     )
-    from lungvlm.commands.progress import progress_bars
     from lungvlm.export.writer import write_text_atomic
     from lungvlm.progress import update as progress_update
 
@@ -160,7 +160,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"training {name} ...", flush=True)
                 code = _fit(argv, run_dir / "fit.log")
                 if code != 0:
-                    raise RuntimeError(f"`lungvlm fit` of {name} failed ({code}): see {run_dir}/fit.log")
+                    raise RuntimeError(
+                        f"`lungvlm fit` of {name} failed ({code}): see {run_dir}/fit.log"
+                    )
                 metrics = read_final_metrics(run_dir / "csv" / "metrics.csv")
                 stored = {"settings": settings, "metrics": metrics}
                 write_text_atomic(done, json.dumps(stored, indent=2))

@@ -130,9 +130,7 @@ def calibration_section(val: Sequence[Mapping], test: Sequence[Mapping]) -> dict
 
 def calibrated_probabilities(records: Sequence[Mapping], calibrator: Mapping | None) -> np.ndarray:
     """Malignancy probabilities of the records under a calibrator dict (None: sigmoid)."""
-    fitted = (
-        MalignancyCalibrator.from_dict(calibrator) if calibrator else MalignancyCalibrator()
-    )
+    fitted = MalignancyCalibrator.from_dict(calibrator) if calibrator else MalignancyCalibrator()
     return np.asarray(fitted.probability([r["malignancy_logit"] for r in records]), np.float64)
 
 
@@ -277,7 +275,9 @@ def fairness_section(
 
 
 def risk_coverage_curve(
-    confidences: Sequence[float], correct: Sequence[bool], coverages: Sequence[float] = COVERAGE_GRID
+    confidences: Sequence[float],
+    correct: Sequence[bool],
+    coverages: Sequence[float] = COVERAGE_GRID,
 ) -> list[dict]:
     """Precision (and risk = 1 - precision) of the ``ceil(c * n)`` most confident sentences."""
     conf = np.asarray(confidences, np.float64)
@@ -363,4 +363,3 @@ def run_audit(
         },
     }
     return audit
-

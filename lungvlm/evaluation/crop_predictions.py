@@ -19,12 +19,12 @@ import torch
 from torch import Tensor
 
 from lungvlm.evaluation.saliency import DEFAULT_GRADCAM_LAYERS, gradcam_maps, heatmap_scores
-from lungvlm.inference.calibration import sentence_correct
 from lungvlm.evaluation.zero_shot import ATTRIBUTES
+from lungvlm.inference.calibration import sentence_correct
 from lungvlm.labels import CONCEPT_NAMES, GROWTH_BINS_MONTHS
 from lungvlm.losses.survival import probability_event_by
-from lungvlm.models.generation import generated_token_offsets, greedy_generate, sentence_confidence
 from lungvlm.models.contrastive import zero_shot_scores
+from lungvlm.models.generation import generated_token_offsets, greedy_generate, sentence_confidence
 from lungvlm.models.grounding import average_attention, token_heatmaps
 from lungvlm.progress import update as progress_update
 from lungvlm.text.tokenizer import encode_reports
@@ -173,7 +173,9 @@ def collect_crop_records(
                     grounding[i][f"gradcam:{layer}"] = scores
         if generate:
             gen = greedy_generate(heads.decoder, tokens, max_new, tokenizer=tokenizer)
-            attention = average_attention(gen.cross_attentions, "mean", "mean") if saliency else None
+            attention = (
+                average_attention(gen.cross_attentions, "mean", "mean") if saliency else None
+            )
             for i in range(tokens.shape[0]):
                 length = int(gen.token_mask[i].sum())
                 if attention is not None:
@@ -218,11 +220,15 @@ def collect_crop_records(
                     profile=meta.get("scanner"),
                     nodule=meta.get("labels"),
                     malignancy_logit=float(risk.malignancy_logit.float()[i]),
-                    malignant=int(batch.malignancy[i]) if bool(batch.malignancy_present[i]) else None,
+                    malignant=int(batch.malignancy[i])
+                    if bool(batch.malignancy_present[i])
+                    else None,
                     lungrads_probabilities=[float(v) for v in lungrads[i]],
                     lungrads=int(batch.lungrads[i]) if bool(batch.lungrads_present[i]) else None,
                     growth_probability_12m=float(growth[i].clamp(0.0, 1.0)),
-                    growth_time_months=float(batch.growth_time_months[i]) if growth_present else None,
+                    growth_time_months=float(batch.growth_time_months[i])
+                    if growth_present
+                    else None,
                     growth_event=int(batch.growth_event[i] > 0.5) if growth_present else None,
                     dice=dice,
                     sentences=sentences[i],

@@ -82,7 +82,9 @@ def ece(probabilities: ArrayLike, labels: ArrayLike) -> float | None:
     return None if p.size == 0 else expected_calibration_error(p, y)
 
 
-def multiclass_ece(probabilities: ArrayLike, labels: ArrayLike, n_bins: int = ECE_BINS) -> float | None:
+def multiclass_ece(
+    probabilities: ArrayLike, labels: ArrayLike, n_bins: int = ECE_BINS
+) -> float | None:
     """Top-label ECE of (N, C) class probabilities against (N,) class indices; None if N = 0."""
     probs = np.asarray(probabilities, dtype=np.float32)
     y = np.asarray(labels, dtype=np.int64).reshape(-1)

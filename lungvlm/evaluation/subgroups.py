@@ -122,7 +122,11 @@ def subgroup_table(
             value = metric(group) if group else None
             if value is not None and not math.isfinite(value):
                 value = None
-            ci = bootstrap_ci(group, metric, n_boot, seed=seed) if value is not None else (None, None)
+            ci = (
+                bootstrap_ci(group, metric, n_boot, seed=seed)
+                if value is not None
+                else (None, None)
+            )
             out[name] = {"value": value, "ci": list(ci)}
         return out
 

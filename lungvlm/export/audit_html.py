@@ -86,8 +86,14 @@ def _subgroup_figures(table: Mapping, prefix: str, figures: Path) -> list[str]:
             xs = range(len(names))
             heights = [v if v is not None else 0.0 for v in values]
             # A percentile interval need not contain the estimate (ECE is biased): clip the bars.
-            low = [max(v - c[0], 0.0) if c[0] is not None else 0.0 for v, c in zip(heights, cis)]
-            high = [max(c[1] - v, 0.0) if c[1] is not None else 0.0 for v, c in zip(heights, cis)]
+            low = [
+                max(v - c[0], 0.0) if c[0] is not None else 0.0
+                for v, c in zip(heights, cis, strict=True)
+            ]
+            high = [
+                max(c[1] - v, 0.0) if c[1] is not None else 0.0
+                for v, c in zip(heights, cis, strict=True)
+            ]
             ax.bar(xs, heights, yerr=[low, high], capsize=3, color="#4c72b0")
             ax.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=7)
             ax.set_title(axis, fontsize=9)
@@ -98,10 +104,14 @@ def _subgroup_figures(table: Mapping, prefix: str, figures: Path) -> list[str]:
 
 def _subgroup_rows(table: Mapping) -> list[list[str]]:
     metrics = [k for k in table["overall"] if k != "n"]
-    rows = [["all", "all", str(table["overall"]["n"])] + [_ci(table["overall"][m]) for m in metrics]]
+    rows = [
+        ["all", "all", str(table["overall"]["n"])] + [_ci(table["overall"][m]) for m in metrics]
+    ]
     for axis, entry in table["axes"].items():
         for name, group in entry["groups"].items():
-            rows.append([axis, html.escape(name), str(group["n"])] + [_ci(group[m]) for m in metrics])
+            rows.append(
+                [axis, html.escape(name), str(group["n"])] + [_ci(group[m]) for m in metrics]
+            )
     return rows
 
 
@@ -146,7 +156,9 @@ def write_audit_page(audit: Mapping, out_dir: str | Path) -> Path:
     malignancy = cal.get("malignancy", {})
     if "methods" in malignancy:
         series = {k: m["reliability"] for k, m in malignancy["methods"].items()}
-        img = _reliability_figure(series, "malignancy (test)", figures / "reliability_malignancy.png")
+        img = _reliability_figure(
+            series, "malignancy (test)", figures / "reliability_malignancy.png"
+        )
         rows = [[k, _fmt(m.get("val_ece")), _fmt(m.get("val_cv_ece")), _fmt(m.get("test_ece"))]
                 for k, m in malignancy["methods"].items()]  # fmt: skip
         sections.append(
@@ -181,7 +193,8 @@ def write_audit_page(audit: Mapping, out_dir: str | Path) -> Path:
                  _fmt(brock["ece"]["ours"])]]  # fmt: skip
         diff = brock["ours_minus_brock"]
         sections.append(
-            "<h2>2. Baselines</h2>" + _table(["model", "AUROC [95% CI]", "ECE"], rows)
+            "<h2>2. Baselines</h2>"
+            + _table(["model", "AUROC [95% CI]", "ECE"], rows)
             + f"<p>{brock['n']} test nodules ({brock['positives']} malignant); AUROC difference "
             f"(ours - Brock) {_ci({'value': diff['difference'], 'ci': diff['ci']})}.</p>"
         )
@@ -216,7 +229,9 @@ def write_audit_page(audit: Mapping, out_dir: str | Path) -> Path:
         img = _save(fig, figures / "lungrads_confusion.png")
         sections.append(
             "<h2>3. Hierarchical Lung-RADS</h2>"
-            + _table(["test figure", "argmax", f"constrained (t = {hierarchy['threshold']:.3f})"], rows)
+            + _table(
+                ["test figure", "argmax", f"constrained (t = {hierarchy['threshold']:.3f})"], rows
+            )
             + f"<p>Threshold chosen on validation for catastrophic misses &le; "
             f"{100 * hierarchy['max_miss_rate']:.0f} %.</p><img src='{img}' alt='confusion'>"
         )
@@ -255,7 +270,8 @@ def write_audit_page(audit: Mapping, out_dir: str | Path) -> Path:
         ax.legend()
         img = _save(fig, figures / "data_efficiency.png")
         sections.append(
-            "<h2>5. Data efficiency</h2>" + _table(["init", "labels", "val Dice"], rows)
+            "<h2>5. Data efficiency</h2>"
+            + _table(["init", "labels", "val Dice"], rows)
             + f"<p>Pretrained at 20 %: {_fmt(summary['pretrained_20'])}; scratch at 100 %: "
             f"{_fmt(summary['scratch_100'])}; matches (within {summary['tolerance']}): "
             f"{_fmt(summary['matches'])}.</p><img src='{img}' alt='data efficiency'>"
@@ -270,7 +286,8 @@ def write_audit_page(audit: Mapping, out_dir: str | Path) -> Path:
     rows = [[_fmt(r["coverage"], 1), str(r["kept"]), _fmt(r["precision"]), _fmt(r["threshold"])]
             for r in curve]  # fmt: skip
     sections.append(
-        "<h2>6. Deferral</h2>" + _table(["coverage", "kept", "precision", "confidence >="], rows)
+        "<h2>6. Deferral</h2>"
+        + _table(["coverage", "kept", "precision", "confidence >="], rows)
         + f"<p>Precision at 80 % coverage {_fmt(deferral['precision_at_80'])} (target "
         f"{deferral['target']:.2f}) over {deferral['n_sentences']} sentences.</p>"
         f"<img src='{img}' alt='risk coverage'>"
@@ -283,8 +300,18 @@ def write_audit_page(audit: Mapping, out_dir: str | Path) -> Path:
                 for name, e in zero.items()]  # fmt: skip
         sections.append(
             "<h2>8. Zero-shot attributes</h2>"
-            + _table(["attribute", "n", "yes", "prompts", "zero-shot AUROC", "concept",
-                      "concept-head AUROC"], rows)  # fmt: skip
+            + _table(
+                [
+                    "attribute",
+                    "n",
+                    "yes",
+                    "prompts",
+                    "zero-shot AUROC",
+                    "concept",
+                    "concept-head AUROC",
+                ],
+                rows,
+            )  # fmt: skip
         )
     for key, title in (("energy", "7. Energy"),):
         if key in audit:

@@ -86,7 +86,9 @@ class EnergyMeter(L.Callback):
         import codecarbon
 
         parts = [f"codecarbon {codecarbon.__version__} offline, {self.country_iso_code} grid"]
-        cpu = next((h for h in getattr(tracker, "_hardware", []) if type(h).__name__ == "CPU"), None)
+        cpu = next(
+            (h for h in getattr(tracker, "_hardware", []) if type(h).__name__ == "CPU"), None
+        )
         if getattr(cpu, "_mode", None):
             parts.append(f"CPU power from {cpu._mode}")
         for field in ("cpu_model", "gpu_model"):

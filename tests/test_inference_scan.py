@@ -289,11 +289,11 @@ def test_candidate_crops_carry_the_context_crop_when_the_encoder_uses_it():
     assert len(seg.instances) == 2
     # Sliding windows come through model(...), candidate crops through the encoder: one batch.
     assert model.encoder.contexts == [(2, 1, 16, 16, 16)]
-    # Flip test-time augmentation of the two: one more batch per view (as sampled + 3 mirrored),
-    # each with its (mirrored) context crop.
+    # Flip test-time augmentation of the two: one more batch per mirrored view (the crop as
+    # sampled is scored already), each with its mirrored context crop.
     model = ScoredBrightnessModel(use_context=True)
     segment_scan(model, prepared, 16, 0.25, 4, context_scale=2.0, tta_top_k=2)
-    assert model.encoder.contexts == [(2, 1, 16, 16, 16)] * 5
+    assert model.encoder.contexts == [(2, 1, 16, 16, 16)] * 4
 
 
 def test_cascade_instances_get_the_candidate_score_too():

@@ -49,9 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_ckpt(parser)
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--n-val", type=int, default=128, help="phantom validation crops")
-    parser.add_argument("--n-test", type=int, default=192, help="phantom test crops")
-    parser.add_argument("--batch-size", type=int, default=8, help="crops per forward pass")
+    parser.add_argument(
+        "--n-val", type=int, default=128, help="phantom validation crops (default 128)"
+    )
+    parser.add_argument("--n-test", type=int, default=192, help="phantom test crops (default 192)")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="crops per forward pass (default 8)"
+    )
     parser.add_argument(
         "--detection", type=Path, default=None,
         help="evaluation.json of `lungvlm evaluate` for the chest rows (default: run it)",
@@ -61,7 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help=f"test chests evaluated when --detection is not given (default {DEFAULT_N_CHESTS}; "
         "0: no chest rows)",
     )  # fmt: skip
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of a CI")
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples of a CI (default 1000)"
+    )
     parser.add_argument(
         "--no-robustness", dest="robustness", action="store_false",
         help="skip the robustness curves (noise, blur and FGSM on the test crops)",

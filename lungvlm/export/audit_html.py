@@ -171,11 +171,21 @@ def write_audit_page(audit: Mapping, out_dir: str | Path) -> Path:
     else:
         sections.append(f"<h2>1. Calibration</h2><p>{_fmt(malignancy.get('error'))}</p>")
     growth = cal["growth_12m"]
-    img = _reliability_figure({"P(growth by 12 months)": growth["reliability"]}, "growth (test)",
+    recal = growth.get("recalibration") or {}
+    series = {"P(growth by 12 months)": growth["reliability"]}
+    table = ""
+    if "methods" in recal:
+        series = {k: m["reliability"] for k, m in recal["methods"].items()}
+        rows = [[k, _fmt(m.get("val_ece")), _fmt(m.get("val_cv_ece")), _fmt(m.get("test_ece"))]
+                for k, m in recal["methods"].items()]  # fmt: skip
+        table = _table(["calibrator", "val ECE", "val CV ECE", "test ECE"], rows)
+        table += f"<p>Better on validation: {_fmt(recal.get('chosen'))} (not stored).</p>"
+    img = _reliability_figure(series, "growth by 12 months (test)",
                               figures / "reliability_growth.png")  # fmt: skip
     sections.append(
         f"<h3>Growth by 12 months</h3><p>ECE {_fmt(growth['ece'])} on {growth['n_test']} test "
-        f"nodules ({growth['positives_test']} grew).</p><img src='{img}' alt='growth reliability'>"
+        f"nodules ({growth['positives_test']} grew).</p>{table}"
+        f"<img src='{img}' alt='growth reliability'>"
     )
     lungrads = cal["lungrads"]
     img = _reliability_figure({"top label": lungrads["reliability"]}, "Lung-RADS (test)",

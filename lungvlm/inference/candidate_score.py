@@ -11,7 +11,8 @@ outside the scan take the normalised value of air. Crops go through the encoder
 
 Flip test-time augmentation (``flips=True``): the probability is the mean over the crops as
 sampled and mirrored along each of the three axes (fine and context crop mirrored together), 4
-encoder passes per candidate. The head's single-pass probability saturates (true nodules and
+encoder passes per candidate (``views`` picks a subset: :func:`lungvlm.inference.scan.score_candidates`
+reuses the single-pass score and runs only the 3 mirrorings). The head's single-pass probability saturates (true nodules and
 the hardest false positives both sit at 0.96-0.99 on phantom validation chests); averaging over
 mirrored views separates them better at 4x the cost, so :func:`lungvlm.inference.scan.segment_scan`
 spends it only on the ``tta_top_k`` best candidates of a scan.
@@ -49,6 +50,7 @@ def candidate_probabilities(
     batch_size: int = 4,
     normalization: dict[str, float] | None = None,
     flips: bool = False,
+    views: Sequence[tuple[int, ...]] | None = None,
 ) -> list[float]:
     """Nodule probability of the crop centred on each of ``centres_vox`` (module docstring).
 
@@ -61,6 +63,8 @@ def candidate_probabilities(
         batch_size: crops per forward pass.
         normalization: the ``hu_min``/``hu_max`` of the scan's normalisation (air padding).
         flips: mean probability over the crop and its three axis mirrorings (module docstring).
+        views: the mirrorings to average instead (each a tuple of tensor dims, ``()`` the crop
+            as sampled), e.g. ``FLIP_DIMS[1:]`` when the single-pass score is already known.
 
     Returns:
         One probability per centre, in the order given.
@@ -72,6 +76,10 @@ def candidate_probabilities(
         raise ValueError("the model has no candidate_head")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive int")
+    if views is None:
+        views = FLIP_DIMS if flips else FLIP_DIMS[:1]
+    if not views:
+        raise ValueError("views must name at least one mirroring (() for the crop as sampled)")
     norm = {**default_normalization(), **(normalization or {})}
     pad = float(normalize_hu(np.float32(HU_AIR), norm["hu_min"], norm["hu_max"]))
     use_context = context_scale > 0 and bool(getattr(model.encoder, "use_context", False))
@@ -87,11 +95,11 @@ def candidate_probabilities(
             wide = [sample_crop(image, c, crop_size_vox, context_scale, pad) for c in centres]
             context = torch.from_numpy(np.stack(wide))[:, None].to(device)
         fine_t = torch.from_numpy(fine)[:, None].to(device)
-        views = []
-        for dims in FLIP_DIMS if flips else FLIP_DIMS[:1]:
+        scores = []
+        for dims in views:
             f = torch.flip(fine_t, dims) if dims else fine_t
             c = None if context is None else (torch.flip(context, dims) if dims else context)
-            views.append(torch.sigmoid(model.candidate_head(model.encoder(f, c)).float()))
-        probabilities += torch.stack(views).mean(0).cpu().tolist()
+            scores.append(torch.sigmoid(model.candidate_head(model.encoder(f, c)).float()))
+        probabilities += torch.stack(scores).mean(0).cpu().tolist()
         progress_update("candidate scores", len(probabilities), len(centres_vox))
     return probabilities

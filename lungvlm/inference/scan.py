@@ -43,7 +43,11 @@ from lungvlm.clinical.hu import default_normalization, normalize_hu
 from lungvlm.clinical.measure import measure_nodule
 from lungvlm.imaging.resample import resample_grid
 from lungvlm.imaging.volume import affine_lps
-from lungvlm.inference.candidate_score import candidate_probabilities, has_candidate_head
+from lungvlm.inference.candidate_score import (
+    FLIP_DIMS,
+    candidate_probabilities,
+    has_candidate_head,
+)
 from lungvlm.inference.guard import InferenceGuard
 from lungvlm.inference.windows import dilate_mm, sliding_window_probability, window_selector
 from lungvlm.metrics.segmentation import NoduleInstance, label_components
@@ -392,12 +396,14 @@ def score_candidates(
     )  # fmt: skip
     top = sorted(range(len(centres)), key=lambda i: -probabilities[i])[: int(tta_top_k)]
     if top:
+        # The crop as sampled is already scored: only its mirrorings are run, then averaged in.
+        mirrored = FLIP_DIMS[1:]
         averaged = candidate_probabilities(
             model, prepared.image, [centres[i] for i in top], crop_size_vox, context_scale,
-            batch_size, prepared.normalization, flips=True,
+            batch_size, prepared.normalization, views=mirrored,
         )  # fmt: skip
         for i, p in zip(top, averaged, strict=True):
-            probabilities[i] = p
+            probabilities[i] = (probabilities[i] + len(mirrored) * p) / (len(mirrored) + 1)
     scored = [
         replace(n, candidate_probability=float(p))
         for n, p in zip(instances, probabilities, strict=True)

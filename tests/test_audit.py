@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -21,6 +19,7 @@ from lungvlm.evaluation.audit import (
 )
 from lungvlm.export.audit_html import write_audit_page
 from lungvlm.lightning.checkpoint import CALIBRATION_KEY, CHECKPOINT_KEY
+from tests.browser import needs_chromium, screenshot
 from tests.report_fixtures import write_stage3_checkpoint
 from tests.test_report_pipeline import run_cli
 
@@ -105,15 +104,29 @@ def test_risk_coverage_and_deferral(records):
     assert out["meets_target"] is False
 
 
-def test_fairness_section_with_chest_rows(records):
+#: Fields of a `lungvlm evaluate` scan record the fairness rows do not use.
+EXTRA = {"instances": [], "windows_fraction": 1.0, "timings_s": {}}
+
+
+def test_fairness_section_with_chest_rows_at_the_operating_point(records):
+    from lungvlm.evaluation.audit import chest_rows
+
     _, test = records
-    scans = [
-        {"references": [[0, 0, 0, 8.0], [0, 0, 0, 4.0]], "detected": [True, False],
-         "n_false_positives": 1, "profile": {"manufacturer": "SIEMENS", "kernel": "soft"}},
-        {"references": [[0, 0, 0, 9.0]], "detected": [False], "n_false_positives": 3,
-         "profile": {"manufacturer": "GE MEDICAL SYSTEMS", "kernel": "soft"}},
-    ] * 3  # fmt: skip
-    out = fairness_section(test, scans, None, n_boot=50)
+    siemens = {"scan_id": "a", "dice": [], "detected": [], "n_false_positives": 0, **EXTRA,
+               "references": [[0, 0, 0, 8.0], [20, 0, 0, 4.0]],
+               "candidates": [[0, 0, 0, 0.99], [50, 0, 0, 0.995], [60, 0, 0, 0.5], [20, 0, 0, 0.3]],
+               "profile": {"manufacturer": "SIEMENS", "kernel": "soft"}}  # fmt: skip
+    ge = {"scan_id": "b", "dice": [], "detected": [], "n_false_positives": 0, **EXTRA,
+          "references": [[0, 0, 0, 9.0]],
+          "candidates": [[0, 0, 0, 0.5], [30, 0, 0, 0.95], [40, 0, 0, 0.97], [50, 0, 0, 0.99]],
+          "profile": {"manufacturer": "GE MEDICAL SYSTEMS", "kernel": "soft"}}  # fmt: skip
+    rows = chest_rows([siemens, ge], candidate_threshold=0.9)
+    assert [r["detected"] for r in rows] == [[True, False], [False]]
+    assert [r["n_false_positives"] for r in rows] == [1, 3]
+    every = chest_rows([siemens, ge], candidate_threshold=None)
+    assert [r["detected"] for r in every] == [[True, True], [True]]
+    assert [r["n_false_positives"] for r in every] == [2, 3]
+    out = fairness_section(test, rows * 3, None, n_boot=50)
     groups = out["chests"]["axes"]["vendor"]["groups"]
     assert groups["SIEMENS"]["sensitivity_ge_6mm"]["value"] == 1.0  # the 4 mm one is not counted
     assert groups["GE MEDICAL SYSTEMS"]["sensitivity_ge_6mm"]["value"] == 0.0
@@ -183,10 +196,23 @@ def test_audit_command_end_to_end(tmp_path, capsys):
 
         rm = load_report_model(tmp_path / "last_calibrated.ckpt")
         assert rm.settings.malignancy_map().kind == calibrator["kind"]
-    # a second run reuses the stored crop records
+    # a second run, on the calibrated file (same weights), reuses the stored crop records
+    calibrated = tmp_path / "last_calibrated.ckpt"
+    again = [str(calibrated) if a == str(ckpt) and calibrated.is_file() else a for a in args]
     mtime = (out / "crops_test.json").stat().st_mtime_ns
-    assert run_cli(args + ["--no-keep-calibrator"]) == 0
+    assert run_cli(again + ["--no-keep-calibrator", "--no-robustness"]) == 0
     assert (out / "crops_test.json").stat().st_mtime_ns == mtime
+
+
+def test_weights_digest_ignores_everything_but_the_weights():
+    from lungvlm.lightning.checkpoint import weights_digest
+
+    state = {"a.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.zeros(2)}
+    same = {k: v.clone() for k, v in reversed(state.items())}
+    assert weights_digest(state) == weights_digest(same)
+    same["a.bias"][0] = 1e-7
+    assert weights_digest(state) != weights_digest(same)
+    assert weights_digest(state) != weights_digest({**state, "a.bias": torch.zeros(2).double()})
 
 
 def test_audit_command_rejects_a_bad_detection_file(tmp_path, capsys):
@@ -237,24 +263,14 @@ def test_perturbations_change_the_image_as_stated():
     assert loss(attacked).item() > loss(x).item()  # the step raises the segmentation loss
 
 
-@pytest.mark.skipif(
-    shutil.which("chromium") is None,
-    reason="chromium not installed (apt-get install chromium); the browser render is not checked",
-)
+@needs_chromium
 def test_audit_page_renders_in_headless_chromium(records, tmp_path):
     import matplotlib.image as mpimg
 
     val, test = records
     audit = run_audit(val, test, None, n_boot=20)
     page = write_audit_page({**audit, "checkpoint": "x.ckpt"}, tmp_path / "audit")
-    png = tmp_path / "shot.png"
-    subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}",
-         "--window-size=1000,1400", page.as_uri()],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+    png = screenshot(page, tmp_path / "shot.png", tmp_path / "profile", (1000, 1400))
     rgb = mpimg.imread(png)[..., :3]
     assert rgb.shape == (1400, 1000, 3)
     # The reliability diagram's coloured line and markers: pixels far from grey mean the

@@ -3,13 +3,10 @@ render in headless Chromium."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from html.parser import HTMLParser
 
 import matplotlib.image as mpimg
 import numpy as np
-import pytest
 
 from lungvlm.export.html import (
     EXAM_REASONS_SHOWN,
@@ -20,6 +17,7 @@ from lungvlm.export.html import (
 )
 from lungvlm.export.overlays import nodule_overlay_png
 from lungvlm.export.schema import ExamSummary, Sentence, Source
+from tests.browser import needs_chromium, screenshot
 from tests.test_export_json import make_nodule, make_report
 
 VOID_TAGS = {"img", "meta", "br", "hr", "link", "input"}
@@ -273,24 +271,14 @@ def _write_overlays(folder, indices) -> dict:
     }
 
 
-@pytest.mark.skipif(
-    shutil.which("chromium") is None,
-    reason="chromium not installed (apt-get install chromium); the browser render is not checked",
-)
+@needs_chromium
 def test_page_renders_in_headless_chromium(tmp_path):
     report = flagged_report(3)
     for n in report.nodules:
         n.centroid_voxel_zyx = (6.0, 12.0, 12.0)
     html_path = write_case_html(report, _write_overlays(tmp_path / "case", (1, 2, 3)),
                                 tmp_path / "case" / "index.html")  # fmt: skip
-    png = tmp_path / "shot.png"
-    subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}",
-         "--window-size=1280,1600", html_path.as_uri()],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+    png = screenshot(html_path, tmp_path / "shot.png", tmp_path / "profile", (1280, 1600))
     assert png.is_file() and png.stat().st_size > 20_000
     rgb = mpimg.imread(png)[..., :3]
     assert rgb.shape == (1600, 1280, 3)

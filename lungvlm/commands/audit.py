@@ -7,7 +7,8 @@ CLI wiring only; the sections are pure functions in :mod:`lungvlm.evaluation.aud
    ``lungvlm report`` runs it (:func:`lungvlm.evaluation.crop_predictions.collect_crop_records`;
    on the test crops also Grad-CAM and the cross-attention maps, scored against the masks);
    the records are stored in ``DIR/crops_val.json`` / ``DIR/crops_test.json`` and reused by a
-   second run with the same checkpoint file and sizes (delete them to recompute);
+   second run with the same weights and sizes (a new calibration keeps them; delete them to
+   recompute);
 2. whole test chests for the detection rows of the fairness section: ``--detection FILE`` reads
    the ``evaluation.json`` of a ``lungvlm evaluate`` run; otherwise ``lungvlm evaluate`` runs on
    the first ``--n-chests`` test chests into ``DIR/detection/`` (resumable; 0 skips them);
@@ -132,22 +133,22 @@ def _crop_records(
 
 
 def load_detection(path: Path) -> list[dict]:
-    """The ``scans`` list of a ``lungvlm evaluate`` evaluation.json (ValueError naming the file)."""
+    """Per-chest rows at the operating point (:func:`lungvlm.evaluation.audit.chest_rows`) of
+    a ``lungvlm evaluate`` evaluation.json of phantom chests (ValueError naming the file)."""
+    from lungvlm.evaluation.audit import chest_rows
+
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         scans = data["scans"]
         if not isinstance(scans, list):
             raise TypeError("'scans' is not a list")
-        for scan in scans:
-            missing = {"references", "detected", "n_false_positives"} - set(scan)
-            if missing:
-                raise KeyError(f"a scan lacks {sorted(missing)}")
+        point = (data.get("summary") or {}).get("operating_point") or {}
+        return chest_rows(scans, point.get("candidate_threshold"))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(
             f"--detection {path} is not a `lungvlm evaluate` evaluation.json of phantom chests "
             f"with a 'scans' list ({err})"
         ) from err
-    return scans
 
 
 def run_detection(args: argparse.Namespace) -> list[dict]:
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     from lungvlm.evaluation.audit import run_audit
     from lungvlm.export.audit_html import write_audit_page
     from lungvlm.export.writer import write_text_atomic
-    from lungvlm.lightning.checkpoint import write_calibrated_checkpoint
+    from lungvlm.lightning.checkpoint import weights_digest, write_calibrated_checkpoint
 
     for name in ("n_val", "n_test", "batch_size", "bootstrap"):
         if getattr(args, name) < 1:
@@ -211,7 +212,8 @@ def run(args: argparse.Namespace) -> int:
             ) from err
     model = LungVLM.from_checkpoint(ckpt, device=args.device)
     settings = model.report_model.settings
-    key = {"checkpoint": str(ckpt.resolve()), "mtime_ns": ckpt.stat().st_mtime_ns}
+    # Records hold raw outputs: keyed by the weights, so a new calibration does not void them.
+    key = {"weights_sha1": weights_digest(model.report_model.model.state_dict())}
     args.out.mkdir(parents=True, exist_ok=True)
     with progress_bars(args.progress):
         val = _crop_records(model.report_model.model, settings, "val", args.n_val,

@@ -2,8 +2,8 @@
 
 Inputs are the crop records of :mod:`lungvlm.evaluation.crop_predictions` (validation and test
 crops) and, for the whole-chest fairness rows, the per-scan dicts of ``lungvlm evaluate``
-(``evaluation.json["scans"]``: ``references`` (x, y, z, diameter mm), ``detected``,
-``n_false_positives`` at the operating point, ``profile``). Every section returns a JSON-able
+(``evaluation.json["scans"]``: ``references`` (x, y, z, diameter mm), scored ``candidates``,
+``profile``), turned into rows at the evaluation's operating point by :func:`chest_rows`. Every section returns a JSON-able
 dict; :func:`run_audit` gathers them. Thresholds and calibrators are fitted on the validation
 records only; the test records only report.
 
@@ -39,6 +39,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from lungvlm.clinical.brock import malignancy_probability as brock_probability
+from lungvlm.clinical.lungrads import round_diameter_mm
 from lungvlm.evaluation.hierarchy import risk_constrained_report
 from lungvlm.evaluation.reliability import (
     compare_calibrators,
@@ -240,13 +241,39 @@ def _crop_metrics(calibrator: Mapping | None) -> dict:
     }
 
 
+def chest_rows(scans: Sequence[Mapping], candidate_threshold: float | None) -> list[dict]:
+    """Per-chest rows at the operating point from ``lungvlm evaluate`` scan dicts.
+
+    Only candidates scoring ``>= candidate_threshold`` count (every candidate when None), as in
+    the evaluation's own operating-point figures
+    (:func:`lungvlm.evaluation.operating_point.scan_operating_point`); reference diameters are
+    rounded to 0.1 mm as Lung-RADS reports them. Rows: ``profile``, ``diameters_mm``,
+    ``detected`` (per reference) and ``n_false_positives``.
+    """
+    from lungvlm.evaluation.detection import ScanEvaluation
+    from lungvlm.evaluation.operating_point import scan_operating_point
+
+    rows = []
+    for scan in scans:
+        evaluation = ScanEvaluation.from_dict(scan)
+        detected, n_fp = scan_operating_point(evaluation, candidate_threshold)
+        rows.append({
+            "scan_id": evaluation.scan_id,
+            "profile": scan.get("profile"),
+            "diameters_mm": [round_diameter_mm(r[3]) for r in evaluation.references],
+            "detected": detected,
+            "n_false_positives": n_fp,
+        })  # fmt: skip
+    return rows
+
+
 def _chest_metrics(min_diameter_mm: float) -> dict:
     def sensitivity(sample):
         hits = [
             bool(d)
             for scan in sample
-            for ref, d in zip(scan["references"], scan["detected"], strict=True)
-            if float(ref[3]) >= min_diameter_mm
+            for size, d in zip(scan["diameters_mm"], scan["detected"], strict=True)
+            if size >= min_diameter_mm
         ]
         return float(np.mean(hits)) if hits else None
 
@@ -262,7 +289,10 @@ def fairness_section(
     calibrator: Mapping | None = None,
     n_boot: int = DEFAULT_BOOTSTRAP,
 ) -> dict:
-    """Per-subgroup crop and chest metrics with CIs and largest gaps (module docstring)."""
+    """Per-subgroup crop and chest metrics with CIs and largest gaps (module docstring).
+
+    ``scans``: :func:`chest_rows` (per chest, at the operating point).
+    """
     crops = subgroup_table(test, lambda r: r.get("profile"), _crop_metrics(calibrator), n_boot)
     out = {"crops": crops, "largest_gaps": largest_gaps(crops)}
     if scans:

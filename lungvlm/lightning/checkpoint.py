@@ -352,6 +352,22 @@ def calibrated_path(ckpt_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}_calibrated.ckpt")
 
 
+def weights_digest(state_dict: dict) -> str:
+    """SHA-1 (hex) of a state dict's names, dtypes, shapes and values: equal for the same
+    weights, whatever else (calibration, optimizer state) the checkpoint file holds."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name in sorted(state_dict):
+        tensor = state_dict[name]
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _same_weights(a: dict, b: dict) -> bool:
     """Whether two state dicts hold the same tensors under the same names."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

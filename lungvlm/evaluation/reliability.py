@@ -29,6 +29,7 @@ from lungvlm.inference.calibration import (
     MalignancyCalibrator,
     expected_calibration_error,
     fit_temperature,
+    logit_label_arrays,
 )
 
 #: Folds of the cross-validation that chooses the calibrator.
@@ -105,10 +106,7 @@ def fit_isotonic(logits: ArrayLike, labels: ArrayLike) -> MalignancyCalibrator:
     Raises:
         ValueError: no data, or mismatched lengths.
     """
-    z = np.asarray(logits, dtype=np.float64).reshape(-1)
-    y = np.asarray(labels, dtype=np.float64).reshape(-1)
-    if z.size == 0 or z.shape != y.shape:
-        raise ValueError(f"need as many logits ({z.size}) as labels ({y.size}), at least one")
+    z, y = logit_label_arrays(logits, labels)
     model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
     model.fit(z, y)
     return MalignancyCalibrator(

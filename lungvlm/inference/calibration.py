@@ -198,8 +198,8 @@ def binary_nll(logits: Sequence[float], labels: Sequence[int], temperature: floa
     return float(torch.nn.functional.binary_cross_entropy_with_logits(z, y))
 
 
-def fit_temperature(logits: Sequence[float], labels: Sequence[int]) -> float:
-    """Temperature minimising :func:`binary_nll` (bounded search over log T).
+def logit_label_arrays(logits, labels) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) as flat float64 arrays for fitting a calibrator.
 
     Raises:
         ValueError: no logits, or mismatched lengths.
@@ -208,6 +208,16 @@ def fit_temperature(logits: Sequence[float], labels: Sequence[int]) -> float:
     y = np.asarray(labels, dtype=np.float64).reshape(-1)
     if z.size == 0 or z.shape != y.shape:
         raise ValueError(f"need as many logits ({z.size}) as labels ({y.size}), at least one")
+    return z, y
+
+
+def fit_temperature(logits: Sequence[float], labels: Sequence[int]) -> float:
+    """Temperature minimising :func:`binary_nll` (bounded search over log T).
+
+    Raises:
+        ValueError: no logits, or mismatched lengths.
+    """
+    z, y = logit_label_arrays(logits, labels)
     result = minimize_scalar(
         lambda log_t: binary_nll(z, y, math.exp(log_t)),
         bounds=(math.log(TEMPERATURE_MIN), math.log(TEMPERATURE_MAX)),

@@ -18,7 +18,7 @@ from lungvlm.evaluation.audit import (
     run_audit,
 )
 from lungvlm.export.audit_html import write_audit_page
-from lungvlm.lightning.checkpoint import CALIBRATION_KEY, CHECKPOINT_KEY
+from lungvlm.lightning.checkpoint import CALIBRATION_KEY, CHECKPOINT_KEY, read_checkpoint
 from tests.browser import needs_chromium, screenshot
 from tests.report_fixtures import write_stage3_checkpoint
 from tests.test_report_pipeline import run_cli
@@ -189,7 +189,7 @@ def test_audit_command_end_to_end(tmp_path, capsys):
     assert all(r["profile"]["manufacturer"] for r in records)
     assert (out / "audit.html").is_file()
     if "calibrator_written_to" in audit:  # both classes among the validation nodules
-        stored = torch.load(tmp_path / "last_calibrated.ckpt", weights_only=True)
+        stored = read_checkpoint(tmp_path / "last_calibrated.ckpt")
         calibrator = stored[CHECKPOINT_KEY][CALIBRATION_KEY]["malignancy_calibrator"]
         assert calibrator["kind"] == audit["headline"]["calibrator"]
         from lungvlm.inference.report_analysis import load_report_model

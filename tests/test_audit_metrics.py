@@ -144,6 +144,10 @@ def test_temperature_calibrator_and_bad_knots():
         MalignancyCalibrator(kind="isotonic", knots_logit=(0.0, 1.0), knots_probability=(0.9, 0.1))
     with pytest.raises(ValueError, match="temperature"):
         MalignancyCalibrator(temperature=0.0)
+    with pytest.raises(ValueError, match="finite"):
+        MalignancyCalibrator.from_dict(
+            {"kind": "isotonic", "knots_logit": [0.0, float("nan")], "knots_probability": [0, 1]}
+        )
 
 
 def test_compare_calibrators_fixes_an_overconfident_model():

@@ -82,6 +82,8 @@ class MalignancyCalibrator:
             y = np.asarray(self.knots_probability, np.float64)
             if x.size == 0 or x.shape != y.shape:
                 raise ValueError("an isotonic calibrator needs as many logit as probability knots")
+            if not (np.isfinite(x).all() and np.isfinite(y).all()):
+                raise ValueError("isotonic knots must be finite numbers")
             if np.any(np.diff(x) < 0) or np.any(np.diff(y) < 0) or y.min() < 0 or y.max() > 1:
                 raise ValueError("isotonic knots must be non-decreasing, probabilities in [0, 1]")
 

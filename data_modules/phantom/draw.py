@@ -45,6 +45,7 @@ def draw_spec(
     diameter_mm: float | None = None,
     margin: str | None = None,
     calcification: str | None = None,
+    score_beta: tuple[float, float] = (1.3, 2.2),
 ) -> NoduleSpec:
     """Draw a procedural nodule centred at the origin (place it with :func:`place`).
 
@@ -54,11 +55,14 @@ def draw_spec(
         diameter_mm: force the mean axial diameter (3-40 mm); drawn from the score if None.
         margin: force a margin; drawn from the score if None.
         calcification: force a calcification pattern (kind "calcified" only).
+        score_beta: (a, b) of the Beta distribution of the latent malignancy score, which
+            drives size, margin, density and the malignancy label (a site's nodule mix,
+            :class:`~data_modules.phantom.scanner.PhantomSite`).
     """
     kind = kind or str(rng.choice(KINDS, p=KIND_PROBS))
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not a nodule kind; expected one of {KINDS}")
-    score = float(rng.beta(1.3, 2.2)) * (0.3 if kind == "calcified" else 1.0)
+    score = float(rng.beta(*score_beta)) * (0.3 if kind == "calcified" else 1.0)
     if diameter_mm is None:
         median = (4.5 + 14.0 * score) * (1.3 if kind in ("ground_glass", "part_solid") else 1.0)
         diameter_mm = float(np.clip(np.exp(rng.normal(np.log(median), 0.35)), 3.0, 40.0))

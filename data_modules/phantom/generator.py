@@ -9,7 +9,7 @@ geometry, the scanner profile, the nodules and the image noise, so a follow-up s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,13 @@ from data_modules.phantom.labels import DAYS_PER_MONTH, NoduleLabels, measure_la
 from data_modules.phantom.nodules import NoduleSpec, render_nodule
 from data_modules.phantom.render import render_anatomy
 from data_modules.phantom.report import exam_findings, findings_spans, render
-from data_modules.phantom.scanner import ScannerProfile, apply_profile, draw_profile
+from data_modules.phantom.scanner import (
+    DEFAULT_SITE,
+    PhantomSite,
+    ScannerProfile,
+    apply_profile,
+    draw_profile,
+)
 from lungvlm.clinical.emphysema import laa950_percent
 from lungvlm.clinical.growth import growth_status, volume_after_days
 from lungvlm.clinical.measure import measure_nodule
@@ -52,6 +58,9 @@ class PhantomConfig:
             same grid size (0 disables it).
         jitter_mm: maximum offset of the crop centre from the nodule centre, per axis (mm).
         n_templates: number of cached chest geometries nodule crops are drawn from.
+        site: the scanner and nodule-mix ranges cases are drawn from (:class:`PhantomSite`;
+            default: the generator's own). Left out of ``repr`` while it is the default, so
+            caches keyed by the repr of a default configuration stay valid.
     """
 
     shape_zyx: tuple[int, int, int] | None = (160, 256, 256)
@@ -67,8 +76,16 @@ class PhantomConfig:
     context_scale: float = 2.0
     jitter_mm: float = 3.0
     n_templates: int = 8
+    site: PhantomSite = field(default=DEFAULT_SITE, repr=False)
+
+    def __repr__(self) -> str:
+        shown = [f for f in fields(self) if f.repr or not self.site.is_default]
+        body = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in shown)
+        return f"{type(self).__qualname__}({body})"
 
     def __post_init__(self) -> None:
+        if isinstance(self.site, dict):
+            object.__setattr__(self, "site", PhantomSite(**self.site))
         if self.shape_source not in SHAPE_SOURCES:
             raise ValueError(
                 f"shape_source={self.shape_source!r} is not valid; expected one of {SHAPE_SOURCES}"
@@ -196,7 +213,7 @@ def _draw_specs(seed: int, config: PhantomConfig, n: int) -> list[tuple[NoduleSp
 
             spec = draw_lidc_spec(rng, default_bank().draw(rng))
         else:
-            spec = draw_spec(rng)
+            spec = draw_spec(rng, score_beta=config.site.malignancy_beta)
         out.append((spec, relation))
     return out
 
@@ -279,7 +296,8 @@ def draw_case_setup(seed: int, config: PhantomConfig) -> tuple[ChestGeometry, Sc
         np.random.default_rng([seed, 2]), seed, config.z_extent_mm, -config.z_extent_mm
     )
     fov = 2.0 * geometry.half_width_mm / float(np.random.default_rng([seed, 5]).uniform(0.8, 0.92))
-    return geometry, draw_profile(np.random.default_rng([seed, 1]), fov_mm=fov)
+    profile = draw_profile(np.random.default_rng([seed, 1]), fov_mm=fov, site=config.site)
+    return geometry, profile
 
 
 def generate_case(seed: int, config: PhantomConfig | None = None) -> PhantomCase:

@@ -108,7 +108,9 @@ def make_nodule_sample(
     rng = np.random.default_rng([seed, 7])
     template = int(rng.integers(config.n_templates))
     geom = template_geometry(template, config.z_extent_mm)
-    profile = draw_profile(np.random.default_rng([seed, 1]), fov_mm=2.0 * geom.half_width_mm / 0.86)
+    profile = draw_profile(
+        np.random.default_rng([seed, 1]), fov_mm=2.0 * geom.half_width_mm / 0.86, site=config.site
+    )
     spec = None
     if positive:
         spec, relation = _draw_specs(seed, config, 1)[0]

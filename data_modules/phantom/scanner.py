@@ -83,23 +83,94 @@ def noise_sd_hu(kernel: str, exposure_mas: float, kvp: float, slice_thickness_mm
     return float(sd * (SHARP_NOISE_FACTOR if kernel == "sharp" else 1.0))
 
 
-def draw_profile(rng: np.random.Generator, fov_mm: float | None = None) -> ScannerProfile:
+@dataclass(frozen=True)
+class PhantomSite:
+    """What the scans and nodules of one (simulated) institution are drawn from.
+
+    The defaults are the phantom generator's own ranges: ``PhantomSite()`` draws exactly the
+    cases it always drew (same random stream, same values). A site narrows them the way real
+    sites differ: the vendors it owns, how often it reconstructs with a sharp kernel, its dose
+    and slice thickness, and its nodule mix (screening: many small benign nodules; referral:
+    larger, more often malignant ones). It never widens them past what the generator renders.
+
+    Attributes:
+        vendors: DICOM Manufacturer strings the site scans with (keys of :data:`VENDORS`).
+        sharp_kernel_prob: probability of a sharp (lung) reconstruction kernel.
+        exposure_mas: (low, high) tube current-time product, mAs (log-uniform between them).
+        slice_thickness_mm: (low, high) reconstructed slice thickness, mm (uniform).
+        malignancy_beta: (a, b) of the Beta distribution of a procedural nodule's latent
+            malignancy score, which drives its size, margin and malignancy label (default
+            (1.3, 2.2); a larger ``b`` gives a screening-like mix of small benign nodules).
+            LIDC-shaped nodules (``shape_source="lidc"``) keep their own sizes.
+    """
+
+    vendors: tuple[str, ...] = tuple(VENDORS)
+    sharp_kernel_prob: float = 0.4
+    exposure_mas: tuple[float, float] = (20.0, 200.0)
+    slice_thickness_mm: tuple[float, float] = (0.6, 3.0)
+    malignancy_beta: tuple[float, float] = (1.3, 2.2)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vendors", tuple(self.vendors))
+        for name in ("exposure_mas", "slice_thickness_mm", "malignancy_beta"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        unknown = [v for v in self.vendors if v not in VENDORS]
+        if not self.vendors or unknown:
+            raise ValueError(
+                f"vendors={self.vendors!r}: expected a non-empty subset of {tuple(VENDORS)}"
+            )
+        if not 0.0 <= self.sharp_kernel_prob <= 1.0:
+            raise ValueError(f"sharp_kernel_prob={self.sharp_kernel_prob!r} must be in [0, 1]")
+        lo, hi = self.exposure_mas
+        if not 20.0 <= lo <= hi <= 200.0:
+            raise ValueError(
+                f"exposure_mas={self.exposure_mas!r} must be (low, high) within 20-200 mAs"
+            )
+        lo, hi = self.slice_thickness_mm
+        if not 0.6 <= lo <= hi <= 3.0:
+            raise ValueError(
+                f"slice_thickness_mm={self.slice_thickness_mm!r} must be (low, high) within "
+                "0.6-3.0 mm"
+            )
+        a, b = self.malignancy_beta
+        if len(self.malignancy_beta) != 2 or not (a > 0 and b > 0):
+            raise ValueError(f"malignancy_beta={self.malignancy_beta!r} must be two values > 0")
+
+    @property
+    def is_default(self) -> bool:
+        """True when this site draws exactly what the generator draws without one."""
+        return self == PhantomSite()
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain-JSON dictionary of the site (lists for tuples)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+DEFAULT_SITE = PhantomSite()
+
+
+def draw_profile(
+    rng: np.random.Generator, fov_mm: float | None = None, site: PhantomSite = DEFAULT_SITE
+) -> ScannerProfile:
     """Draw a scanner profile (vendor, kernel, dose, kVp, spacing, thickness).
 
     Args:
         rng: random generator.
         fov_mm: reconstruction field of view; the pixel spacing is ``fov_mm / 512`` (clipped
             to 0.5-0.98 mm) when given, uniform in 0.5-0.98 mm otherwise.
+        site: the ranges to draw from (default: the generator's own, :class:`PhantomSite`).
+            The number and order of draws does not depend on it.
     """
-    manufacturer = list(VENDORS)[int(rng.integers(len(VENDORS)))]
+    manufacturer = site.vendors[int(rng.integers(len(site.vendors)))]
     model, soft_name, sharp_name = VENDORS[manufacturer]
-    kernel = KERNELS[int(rng.random() < 0.4)]
+    kernel = KERNELS[int(rng.random() < site.sharp_kernel_prob)]
     kvp = float(rng.choice([100.0, 120.0, 120.0, 140.0]))
-    exposure = float(np.round(np.exp(rng.uniform(np.log(20.0), np.log(200.0))), 1))
+    lo, hi = site.exposure_mas
+    exposure = float(np.round(np.exp(rng.uniform(np.log(lo), np.log(hi))), 1))
     pixel = float(np.round(rng.uniform(0.5, 0.98), 3))
     if fov_mm is not None:
         pixel = float(np.round(np.clip(fov_mm / 512.0, 0.5, 0.98), 3))
-    thickness = float(np.round(rng.uniform(0.6, 3.0), 2))
+    thickness = float(np.round(rng.uniform(*site.slice_thickness_mm), 2))
     spacing = float(np.round(max(0.6, thickness * rng.uniform(0.5, 1.0)), 2))
     return ScannerProfile(
         manufacturer=manufacturer,

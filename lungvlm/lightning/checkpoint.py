@@ -173,6 +173,42 @@ def save_checkpoint(path: str | Path, checkpoint: dict) -> Path:
     return path
 
 
+def module_checkpoint(
+    model: LungVLMModule,
+    datamodule: Any = None,
+    epoch: int = 0,
+    global_step: int = 0,
+    extra: dict | None = None,
+) -> dict:
+    """A checkpoint of ``model`` written without a Trainer (e.g. a federation's global model).
+
+    It holds what a ``lungvlm fit`` checkpoint holds for inference and :func:`rebuild_model`:
+    the ``state_dict``, the module's and data module's hyper-parameters as plain data, and
+    LungVLM's metadata (:meth:`LungVLMModule.on_save_checkpoint`); no optimizer or loop state,
+    so it starts a new fit (``init_from``) rather than resuming one.
+
+    Args:
+        model: the module (its ``normalization`` should be the data's).
+        datamodule: the data module whose hyper-parameters to record, or None.
+        epoch, global_step: counters to record (a federation: rounds, and local steps).
+        extra: more plain-data entries (e.g. a federation's round and privacy spent).
+    """
+    import lightning as L
+
+    checkpoint: dict[str, Any] = {
+        "epoch": int(epoch),
+        "global_step": int(global_step),
+        "pytorch-lightning_version": L.__version__,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "hyper_parameters": dict(model.hparams),
+    }
+    if datamodule is not None and getattr(datamodule, "hparams", None) is not None:
+        checkpoint["datamodule_hyper_parameters"] = dict(datamodule.hparams)
+    model.on_save_checkpoint(checkpoint)
+    checkpoint.update(plain_data(extra or {}))
+    return checkpoint
+
+
 def _check_class_paths(value: Any, path: Path, where: str) -> None:
     """Refuse a configuration that names a class outside :data:`_ALLOWED_CLASS_PREFIXES`."""
     if isinstance(value, dict):

@@ -35,6 +35,7 @@ PLAIN_COMMANDS: dict[str, tuple[str, str]] = {
     "export-onnx": ("lungvlm.commands.export_onnx", "export encoder + segmentation head to ONNX (parity-checked)"),
     "phantom": ("lungvlm.commands.phantom", "write synthetic chest CTs with nodules, labels and reports"),
     "preprocess": ("lungvlm.commands.preprocess", "resample LIDC-IDRI / LUNA16 / phantom data into the training cache"),
+    "federate": ("lungvlm.commands.federate", "federated training across sites with Flower (FedAvgM, differential privacy)"),
     "sweep": ("lungvlm.commands.sweep", "Optuna hyper-parameter sweep over a stage's config"),
 }  # fmt: skip
 

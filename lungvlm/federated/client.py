@@ -108,7 +108,8 @@ class SiteRunner:
 
         Returns:
             The site's weights and metrics: ``num-examples`` (training samples),
-            ``site-weight`` (1), ``site-index``, ``train/loss`` (last epoch's mean) and, in
+            ``site-weight`` (1), ``site-index``, ``train/loss`` (last epoch's mean),
+            ``train/update_norm`` (L2 norm of the update, before clipping) and, in
             round 1, the global start model's validation metrics under ``start/``.
         """
         metrics: dict[str, float] = {}
@@ -126,6 +127,7 @@ class SiteRunner:
         n_train = len(cli.datamodule.train_dataloader().dataset)
         metrics.update({EXAMPLES_KEY: n_train, UNIFORM_WEIGHT_KEY: 1, "site-index": self.index})
         state = {k: v.detach().cpu() for k, v in cli.model.state_dict().items()}
+        metrics["train/update_norm"] = update_norm(state, arrays)
         return ArrayRecord(state), metrics
 
     def evaluate(self, arrays: ArrayRecord) -> dict[str, float]:
@@ -136,6 +138,14 @@ class SiteRunner:
         n_val = len(cli.datamodule.val_dataloader().dataset)
         metrics.update({EXAMPLES_KEY: n_val, UNIFORM_WEIGHT_KEY: 1, "site-index": self.index})
         return metrics
+
+
+def update_norm(state: dict[str, torch.Tensor], start: ArrayRecord) -> float:
+    """L2 norm of a site's update (its weights minus the global ``start`` weights), before
+    any clipping: what ``privacy.clipping_norm`` is compared with."""
+    before = start.to_torch_state_dict()
+    total = sum(float(((state[k].double() - before[k].double()) ** 2).sum()) for k in state)
+    return math.sqrt(total)
 
 
 def clip_when_asked(msg: Message, context: Context, call_next: Any) -> Message:

@@ -1,0 +1,119 @@
+"""Compare centralised training, FedAvg, FedAvgM and FedAvgM with DP on the same sites.
+
+    python benchmarks/federated_compare.py --config experiments/federated.yaml \
+        --out runs/federated_compare --noise-multiplier 1.0 --clipping-norm 1.0 --chests 6
+
+Every variant trains the federation's stage for the same total number of local steps
+(``rounds * local_epochs`` epochs on each site's crops; the centralised run pools them), then
+is scored the same way: crop Dice on every site's test crops (``lungvlm federate --test``)
+and whole-chest FROC/CPM on ``--chests`` default phantom test chests (``lungvlm evaluate``).
+Prints a markdown table (and writes OUT/compare.json); runs that finished are not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LUNGVLM = [sys.executable, "-m", "lungvlm.cli"]
+
+
+def _run(args: list[str], log: Path) -> float:
+    """Run ``lungvlm ARGS`` with its output in ``log``; returns the wall time (s)."""
+    start = time.perf_counter()
+    with open(log, "w") as handle:
+        subprocess.run([*LUNGVLM, *args], stdout=handle, stderr=subprocess.STDOUT, check=True)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default="experiments/federated.yaml")
+    parser.add_argument("--out", type=Path, default=Path("runs/federated_compare"))
+    parser.add_argument("--noise-multiplier", type=float, default=1.0)
+    parser.add_argument("--clipping-norm", type=float, default=1.0)
+    parser.add_argument(
+        "--chests", type=int, default=6, help="whole test chests for the CPM (0: skip)"
+    )
+    parser.add_argument("--variants", default="centralised,fedavg,fedavgm,fedavgm_dp")
+    ns = parser.parse_args()
+    ns.out.mkdir(parents=True, exist_ok=True)
+    variants = {
+        "centralised": ["--centralised"],
+        "fedavg": ["--strategy", "fedavg", "--no-privacy"],
+        "fedavgm": ["--strategy", "fedavgm", "--no-privacy"],
+        "fedavgm_dp": [
+            "--strategy",
+            "fedavgm",
+            "--noise-multiplier",
+            str(ns.noise_multiplier),
+            "--clipping-norm",
+            str(ns.clipping_norm),
+        ],
+    }
+    results_path = ns.out / "compare.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for name in ns.variants.split(","):
+        out = ns.out / name
+        row = results.get(name, {})
+        ckpt = out / ("checkpoints/last.ckpt" if name == "centralised" else "global/last.ckpt")
+        if "train_s" not in row:
+            row["train_s"] = _run(
+                ["federate", "--config", ns.config, "--out", str(out), *variants[name]],
+                ns.out / f"{name}.log",
+            )
+        if "crop" not in row:
+            _run(
+                ["federate", "--config", ns.config, "--out", str(out), "--test", str(ckpt)],
+                ns.out / f"{name}_test.log",
+            )
+            row["crop"] = json.loads((out / "site_test.json").read_text())
+        if ns.chests > 0 and "cpm" not in row:
+            seeds = f"2000000:{2000000 + ns.chests}"
+            row["evaluate_s"] = _run(
+                [
+                    "evaluate",
+                    "--ckpt",
+                    str(ckpt),
+                    "--phantom-seeds",
+                    seeds,
+                    "--out",
+                    str(out / "evaluate"),
+                    "--no-progress",
+                ],
+                ns.out / f"{name}_evaluate.log",
+            )
+            evaluation = json.loads((out / "evaluate" / "evaluation.json").read_text())
+            row["cpm"] = evaluation["summary"]["cpm"]
+        rounds = out / "rounds.jsonl"
+        if rounds.is_file():
+            last = [json.loads(line) for line in rounds.read_text().splitlines() if line][-1]
+            row["privacy"] = last.get("privacy")
+            row["update_norms"] = {k: v.get("train/update_norm") for k, v in last["sites"].items()}
+        results[name] = row
+        results_path.write_text(json.dumps(results, indent=2))
+    print("| variant | crop Dice (mean of sites) | per site | CPM | epsilon | train s |")
+    print("|---|---|---|---|---|---|")
+    for name, row in results.items():
+        crop = row.get("crop", {})
+        per_site = ", ".join(
+            f"{k} {v.get('test/seg/dice', float('nan')):.3f}"
+            for k, v in crop.get("sites", {}).items()
+        )
+        eps = (row.get("privacy") or {}).get("epsilon")
+        cpm = row.get("cpm")
+        print(
+            f"| {name} | {crop.get('mean', {}).get('test/seg/dice', float('nan')):.3f} | {per_site} | "
+            f"{'-' if cpm is None else f'{cpm:.3f}'} | {'-' if eps is None else f'{eps:.2f}'} | {row.get('train_s', 0):.0f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,7 +8,7 @@ RUNS ?= runs
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format phantom train-stage1 train-stage2 train-language train-stage3 audit data-efficiency sweep bench clean
+.PHONY: help install test test-all lint format phantom train-stage1 train-stage2 train-language train-stage3 audit data-efficiency federate federated-compare sweep bench clean
 
 help: ## List the targets with a one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -76,6 +76,12 @@ audit: $(STAMP) ## Audit the calibrated stage-3 checkpoint (calibration, Brock, 
 
 data-efficiency: $(STAMP) | $(STAGE1_CKPT) ## Stage-2 Dice at 5-100 % of the labels, from stage 1 and from scratch, into $(RUNS)/data_efficiency (resumable; `make audit` then includes it)
 	$(VENV)/bin/lungvlm data-efficiency --out $(RUNS)/data_efficiency --stage1-ckpt $(STAGE1_CKPT) --no-progress
+
+federate: $(STAMP) ## Federated stage 2 across three phantom sites with Flower (FedAvgM) into $(RUNS)/federated (resumable)
+	$(VENV)/bin/lungvlm federate --config experiments/federated.yaml --out $(RUNS)/federated
+
+federated-compare: $(STAMP) ## Centralised vs FedAvg vs FedAvgM vs FedAvgM+DP on the same sites and steps (crop Dice, CPM, epsilon) into $(RUNS)/federated_compare
+	$(PY) -m benchmarks.federated_compare --config experiments/federated.yaml --out $(RUNS)/federated_compare
 
 SWEEP ?= experiments/sweeps/stage2_tiny.yaml
 TRIALS ?=

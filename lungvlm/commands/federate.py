@@ -131,6 +131,14 @@ def run(namespace: argparse.Namespace) -> int:
     from lungvlm.federated.config import load_config
     from lungvlm.federated.server import read_rounds
 
+    try:
+        import flwr  # noqa: F401
+        import opacus  # noqa: F401
+    except ImportError as err:
+        raise ValueError(
+            f"lungvlm federate needs Flower and Opacus ({err.name} is missing): "
+            "pip install -e '.[federated]'"
+        ) from err
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = apply_overrides(load_config(namespace.config), namespace)
     if namespace.test is not None:

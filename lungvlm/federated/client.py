@@ -26,7 +26,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from lungvlm.federated.config import FederatedConfig, SiteConfig
 from lungvlm.federated.sites import LOCAL_FIT_ARGS, SITE_ARGS, build_site, site_index
-from lungvlm.federated.strategy import EXAMPLES_KEY, UNIFORM_WEIGHT_KEY
+from lungvlm.federated.strategy import EXAMPLES_KEY, STEPS_KEY, UNIFORM_WEIGHT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class SiteRunner:
 
         Returns:
             The site's weights and metrics: ``num-examples`` (training samples),
-            ``site-weight`` (1), ``site-index``, ``train/loss`` (last epoch's mean),
+            ``site-weight`` (1), ``site-index``, ``steps`` (optimizer steps), ``train/loss`` (last epoch's mean),
             ``train/update_norm`` (L2 norm of the update, before clipping) and, in
             round 1, the global start model's validation metrics under ``start/``.
         """
@@ -126,6 +126,7 @@ class SiteRunner:
             metrics["train/loss"] = float(train_loss)
         n_train = len(cli.datamodule.train_dataloader().dataset)
         metrics.update({EXAMPLES_KEY: n_train, UNIFORM_WEIGHT_KEY: 1, "site-index": self.index})
+        metrics[STEPS_KEY] = int(cli.trainer.global_step)
         state = {k: v.detach().cpu() for k, v in cli.model.state_dict().items()}
         metrics["train/update_norm"] = update_norm(state, arrays)
         return ArrayRecord(state), metrics

@@ -30,7 +30,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from lungvlm.federated.config import FederatedConfig
 from lungvlm.federated.sites import LOCAL_FIT_ARGS, build_site
-from lungvlm.federated.strategy import EXAMPLES_KEY, UNIFORM_WEIGHT_KEY, build_strategy
+from lungvlm.federated.strategy import EXAMPLES_KEY, STEPS_KEY, UNIFORM_WEIGHT_KEY, build_strategy
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ STATE_FILE = "state.json"
 MOMENTUM_FILE = "momentum.npz"
 ROUNDS_FILE = "rounds.jsonl"
 #: Bookkeeping metrics of a reply that are not logged as results.
-_BOOKKEEPING = (EXAMPLES_KEY, UNIFORM_WEIGHT_KEY, "site-index")
+_BOOKKEEPING = (EXAMPLES_KEY, UNIFORM_WEIGHT_KEY, STEPS_KEY, "site-index")
 
 
 def config_digest(config: FederatedConfig) -> str:
@@ -123,6 +123,7 @@ class FederationRecorder:
             name = self.names[index] if 0 <= index < len(self.names) else f"site{index}"
             out[name] = {k: float(v) for k, v in metrics.items() if k not in _BOOKKEEPING}
             out[name]["samples"] = float(metrics.get(EXAMPLES_KEY, 0))
+            out[name]["steps"] = float(metrics.get(STEPS_KEY, 0))
         return out
 
     def train_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
@@ -154,7 +155,9 @@ class FederationRecorder:
         if train_loss is not None:
             record["global"]["train/loss"] = train_loss
         for name in self.names:
-            site = {k: v for k, v in per_site_val.get(name, {}).items() if k != "samples"}
+            site = {
+                k: v for k, v in per_site_val.get(name, {}).items() if k not in ("samples", "steps")
+            }
             if name in per_site_train and "train/loss" in per_site_train[name]:
                 site["train/loss"] = per_site_train[name]["train/loss"]
             record["sites"][name] = site
@@ -198,9 +201,8 @@ class FederationRecorder:
         return MetricRecord({k: v for k, v in record["global"].items() if v is not None})
 
     def _round_steps(self) -> int:
-        batch = int(getattr(self.template.datamodule.hparams, "batch_size", 1) or 1)
-        epochs = self.config.local_epochs
-        return int(sum(-(-int(m["samples"]) // batch) * epochs for m in self._train.values()))
+        """Optimizer steps the sites took this round, all together."""
+        return int(sum(m.get("steps", 0) for m in self._train.values()))
 
     def _save(self, round_index: int, arrays: ArrayRecord, record: dict) -> None:
         from lungvlm.lightning.checkpoint import module_checkpoint, save_checkpoint

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 UNIFORM_WEIGHT_KEY = "site-weight"
 #: Metric every site reports as its number of training (or validation) samples.
 EXAMPLES_KEY = "num-examples"
+#: Metric every site reports as the optimizer steps of its local fit.
+STEPS_KEY = "steps"
 
 
 class PrivacyLedger:

@@ -310,3 +310,24 @@ def test_two_sites_two_rounds_global_loss_falls_and_checkpoint_loads(tmp_path):
     metrics = (tmp_path / "pooled" / "csv" / "metrics.csv").read_text()
     assert "train/loss" in metrics
     assert json.loads(json.dumps(rounds))  # plain JSON
+
+
+def test_stage3_sites_share_the_servers_tokenizer(tmp_path):
+    from lungvlm.federated.simulation import simulate
+    from lungvlm.lightning.checkpoint import checkpoint_stage, read_checkpoint
+
+    path = _tiny_config(tmp_path, rounds=1)
+    data = yaml.safe_load(path.read_text())
+    data["stage_configs"][1] = str(REPO / "experiments/stage3.yaml")
+    data["stage_overrides"]["model"]["vl"] = {"language_init": None, "language_pretrain_steps": 2}
+    data["stage_overrides"]["trainer"]["limit_train_batches"] = 2
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+    ckpt = read_checkpoint(simulate(config)["checkpoint"])
+    assert checkpoint_stage(ckpt) == "vision_language"
+    assert ckpt["lungvlm"]["tokenizer_json"]  # the report decoder's vocabulary travels with it
+    # The sites validated the global model with the report metrics of stage 3.
+    from lungvlm.federated.server import read_rounds
+
+    record = read_rounds(config.out_dir)[-1]
+    assert "val/report/concept_f1" in record["sites"]["screening"]

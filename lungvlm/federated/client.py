@@ -19,16 +19,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from lungvlm.federated.config import FederatedConfig, SiteConfig
 from lungvlm.federated.sites import LOCAL_FIT_ARGS, SITE_ARGS, build_site, site_index
-from lungvlm.federated.strategy import EXAMPLES_KEY, STEPS_KEY, UNIFORM_WEIGHT_KEY
+from lungvlm.federated.strategy import (
+    BOOKKEEPING_KEYS,
+    EXAMPLES_KEY,
+    STEPS_KEY,
+    UNIFORM_WEIGHT_KEY,
+)
 
 log = logging.getLogger(__name__)
+
+#: Round-config key of the server's report tokenizer (as lungvlm.federated.server).
+TOKENIZER_KEY = "tokenizer-json"
 
 #: Validation metrics a site reports (those the stage logs; missing ones are skipped).
 REPORTED_PREFIXES: tuple[str, ...] = ("val/",)
@@ -87,7 +95,13 @@ class SiteRunner:
         extra = LOCAL_FIT_ARGS if run_name == "local" else SITE_ARGS
         return build_site(self.config, self.site, self.folder / run_name, max_epochs, extra=extra)
 
-    def _load(self, model: torch.nn.Module, arrays: ArrayRecord) -> None:
+    def _load(self, model: Any, arrays: ArrayRecord, tokenizer_json: str | None = None) -> None:
+        if tokenizer_json is not None and getattr(model, "vl", None) is not None:
+            from lungvlm.text.tokenizer import tokenizer_from_json
+
+            # The server's tokenizer: the fit's setup then neither fits its own nor reloads
+            # the language checkpoint over the global decoder weights.
+            model.vl.tokenizer = tokenizer_from_json(tokenizer_json)
         state = arrays.to_torch_state_dict()
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -102,9 +116,15 @@ class SiteRunner:
         return _scalar_metrics(results[0] if results else {})
 
     def train(
-        self, arrays: ArrayRecord, server_round: int, local_epochs: int
+        self,
+        arrays: ArrayRecord,
+        server_round: int,
+        local_epochs: int,
+        tokenizer_json: str | None = None,
     ) -> tuple[ArrayRecord, dict[str, float]]:
         """Fit ``local_epochs`` epochs from the global ``arrays``.
+
+        ``tokenizer_json`` is the server's report tokenizer (stage 3; None otherwise).
 
         Returns:
             The site's weights and metrics: ``num-examples`` (training samples),
@@ -114,10 +134,10 @@ class SiteRunner:
         """
         metrics: dict[str, float] = {}
         if server_round == 1:
-            start = self.evaluate(arrays)
+            start = self.evaluate(arrays, tokenizer_json)
             metrics.update({f"start/{k}": v for k, v in start.items() if k.startswith("val/")})
         cli = self._build("local", max_epochs=local_epochs)
-        self._load(cli.model, arrays)
+        self._load(cli.model, arrays, tokenizer_json)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         train_loss = cli.trainer.callback_metrics.get("train/loss")
         if train_loss is None:
@@ -131,10 +151,10 @@ class SiteRunner:
         metrics["train/update_norm"] = update_norm(state, arrays)
         return ArrayRecord(state), metrics
 
-    def evaluate(self, arrays: ArrayRecord) -> dict[str, float]:
+    def evaluate(self, arrays: ArrayRecord, tokenizer_json: str | None = None) -> dict[str, float]:
         """Validation metrics of the global ``arrays`` on this site's validation split."""
         cli = self._build("validate")
-        self._load(cli.model, arrays)
+        self._load(cli.model, arrays, tokenizer_json)
         metrics = self._validate(cli)
         n_val = len(cli.datamodule.val_dataloader().dataset)
         metrics.update({EXAMPLES_KEY: n_val, UNIFORM_WEIGHT_KEY: 1, "site-index": self.index})
@@ -155,6 +175,24 @@ def clip_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
     if KEY_CLIPPING_NORM in config:
         return fixedclipping_mod(msg, context, call_next)
     return call_next(msg, context)
+
+
+def reply_content(metrics: dict[str, float], arrays: ArrayRecord | None = None) -> RecordDict:
+    """A site's reply: weights, the bookkeeping Flower aggregates, and the site's results.
+
+    Flower's strategies require every site's MetricRecord to hold the same keys, but sites may
+    log different metrics (one that is NaN on a site is left out there), so the MetricRecord
+    holds only the bookkeeping keys and the results travel in a ConfigRecord ``results``.
+    """
+    bookkeeping = {k: v for k, v in metrics.items() if k in BOOKKEEPING_KEYS}
+    results = {k: float(v) for k, v in metrics.items() if k not in BOOKKEEPING_KEYS}
+    records: dict[str, Any] = {
+        "metrics": MetricRecord(bookkeeping),
+        "results": ConfigRecord(results),
+    }
+    if arrays is not None:
+        records = {"arrays": arrays, **records}
+    return RecordDict(records)
 
 
 def make_client_app(config_loader: Any) -> ClientApp:
@@ -183,13 +221,15 @@ def make_client_app(config_loader: Any) -> ClientApp:
             msg.content["arrays"],
             server_round=int(settings["server-round"]) + int(settings.get("round-offset", 0)),
             local_epochs=int(settings["local-epochs"]),
+            tokenizer_json=settings.get(TOKENIZER_KEY),
         )
-        content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
-        return Message(content=content, reply_to=msg)
+        return Message(content=reply_content(metrics, arrays), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        metrics = runner(context).evaluate(msg.content["arrays"])
-        return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+        settings = msg.content["config"]
+        tokenizer_json = settings.get(TOKENIZER_KEY) if settings is not None else None
+        metrics = runner(context).evaluate(msg.content["arrays"], tokenizer_json)
+        return Message(content=reply_content(metrics), reply_to=msg)
 
     return app

@@ -30,15 +30,22 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from lungvlm.federated.config import FederatedConfig
 from lungvlm.federated.sites import LOCAL_FIT_ARGS, build_site
-from lungvlm.federated.strategy import EXAMPLES_KEY, STEPS_KEY, UNIFORM_WEIGHT_KEY, build_strategy
+from lungvlm.federated.strategy import (
+    BOOKKEEPING_KEYS,
+    EXAMPLES_KEY,
+    STEPS_KEY,
+    build_strategy,
+)
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+#: Round-config key of the shared report tokenizer (JSON), stage 3 only.
+TOKENIZER_KEY = "tokenizer-json"
 MOMENTUM_FILE = "momentum.npz"
 ROUNDS_FILE = "rounds.jsonl"
 #: Bookkeeping metrics of a reply that are not logged as results.
-_BOOKKEEPING = (EXAMPLES_KEY, UNIFORM_WEIGHT_KEY, STEPS_KEY, "site-index")
+_BOOKKEEPING = BOOKKEEPING_KEYS
 
 
 def config_digest(config: FederatedConfig) -> str:
@@ -119,6 +126,8 @@ class FederationRecorder:
         out = {}
         for record in records:
             metrics = dict(next(iter(record.metric_records.values())))
+            if "results" in record.config_records:
+                metrics.update(dict(record.config_records["results"]))
             index = int(metrics.get("site-index", -1))
             name = self.names[index] if 0 <= index < len(self.names) else f"site{index}"
             out[name] = {k: float(v) for k, v in metrics.items() if k not in _BOOKKEEPING}
@@ -249,7 +258,7 @@ class FederationRecorder:
 
 
 def _resume(config: FederatedConfig) -> tuple[int, dict | None, dict | None]:
-    """(rounds done, saved global state_dict, momentum arrays) of ``config.out_dir``.
+    """(rounds done, saved global checkpoint, momentum arrays) of ``config.out_dir``.
 
     Raises:
         ValueError: the folder holds a federation of another configuration.
@@ -270,7 +279,26 @@ def _resume(config: FederatedConfig) -> tuple[int, dict | None, dict | None]:
     if state.get("momentum"):
         with np.load(Path(config.out_dir) / "global" / MOMENTUM_FILE, allow_pickle=False) as f:
             momentum = {k: f[k] for k in f.files}
-    return done, checkpoint["state_dict"], momentum
+    return done, checkpoint, momentum
+
+
+def shared_tokenizer(model: Any) -> str | None:
+    """The report tokenizer every site must use (stage 3), as JSON; None without a decoder.
+
+    Sites must agree on the vocabulary for their decoder weights to average. The server sets
+    the model up once as a fit would: the tokenizer (and decoder weights) of
+    ``model.vl.language_init`` when that checkpoint exists, else a tokenizer fitted on the
+    phantom report corpus and a few inline language steps; sites then take it from the
+    round's config instead of fitting their own.
+    """
+    from lungvlm.text.tokenizer import tokenizer_to_json
+
+    vl = getattr(model, "vl", None)
+    if vl is None:
+        return None
+    if vl.tokenizer is None:
+        model.setup("fit")
+    return tokenizer_to_json(vl.tokenizer)
 
 
 def run_server(grid: Grid, config: FederatedConfig) -> dict[str, Any]:
@@ -287,22 +315,29 @@ def run_server(grid: Grid, config: FederatedConfig) -> dict[str, Any]:
     template = build_site(
         config, config.sites[0], Path(config.out_dir) / "server", 1, LOCAL_FIT_ARGS
     )
+    if saved is not None:
+        template.model.on_load_checkpoint(saved)  # a resumed stage 3 keeps its tokenizer
+    tokenizer = shared_tokenizer(template.model)
     recorder = FederationRecorder(config, template, rounds_done=done)
     strategy = build_strategy(config, recorder.train_metrics, recorder.evaluate_metrics, done)
     recorder.strategy = strategy
     if saved is not None:
-        template.model.load_state_dict(saved, strict=True)
+        template.model.load_state_dict(saved["state_dict"], strict=True)
         log.info("resuming %s after round %d of %d", config.out_dir, done, config.rounds)
     initial = ArrayRecord({k: v.detach().cpu() for k, v in template.model.state_dict().items()})
     if momentum is not None and hasattr(strategy, "momentum_vector"):
         strategy.current_arrays = initial
         strategy.momentum_vector = [momentum[k] for k in initial.keys()]
+    shared = {} if tokenizer is None else {TOKENIZER_KEY: tokenizer}
     strategy.start(
         grid=grid,
         initial_arrays=initial,
         num_rounds=config.rounds - done,
         timeout=config.timeout_s,
-        train_config=ConfigRecord({"local-epochs": config.local_epochs, "round-offset": done}),
+        train_config=ConfigRecord(
+            {"local-epochs": config.local_epochs, "round-offset": done, **shared}
+        ),
+        evaluate_config=ConfigRecord(shared),
         evaluate_fn=recorder.after_round,
     )
     return {"rounds_done": recorder.rounds_done + config.rounds - done, "checkpoint": str(last)}

@@ -35,6 +35,9 @@ UNIFORM_WEIGHT_KEY = "site-weight"
 EXAMPLES_KEY = "num-examples"
 #: Metric every site reports as the optimizer steps of its local fit.
 STEPS_KEY = "steps"
+#: The keys of a site's MetricRecord (the same at every site, as Flower requires); the
+#: site's results travel in its reply's ConfigRecord ``results``.
+BOOKKEEPING_KEYS: tuple[str, ...] = (EXAMPLES_KEY, UNIFORM_WEIGHT_KEY, STEPS_KEY, "site-index")
 
 
 class PrivacyLedger:

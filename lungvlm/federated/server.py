@@ -160,15 +160,17 @@ class FederationRecorder:
         keys = sorted({k for m in per_site_val.values() for k in m if k.startswith("val/")})
         for key in keys:
             record["global"][key] = self._mean(per_site_val, key)
-        train_loss = self._mean(per_site_train, "train/loss") if per_site_train else None
-        if train_loss is not None:
-            record["global"]["train/loss"] = train_loss
+        train_keys = sorted(
+            {k for m in per_site_train.values() for k in m if k.startswith("train/")}
+        )
+        for key in train_keys:
+            record["global"][key] = self._mean(per_site_train, key)
         for name in self.names:
             site = {
                 k: v for k, v in per_site_val.get(name, {}).items() if k not in ("samples", "steps")
             }
-            if name in per_site_train and "train/loss" in per_site_train[name]:
-                site["train/loss"] = per_site_train[name]["train/loss"]
+            train = per_site_train.get(name, {})
+            site.update({k: v for k, v in train.items() if k.startswith("train/")})
             record["sites"][name] = site
         ledger = getattr(self.strategy, "ledger", None)
         if ledger is not None:

@@ -86,7 +86,7 @@ def train_centralised(config: FederatedConfig, out_dir: str | Path) -> Path:
     The federation trains ``rounds * local_epochs`` epochs on each site; pooling the sites and
     training ``rounds * local_epochs`` epochs over the pool takes the same total number of
     optimizer steps (up to a last partial batch per site). Local fits and this one share the
-    same overrides (no validation inside the fit, only ``last.ckpt``).
+    same overrides (no validation inside the fit), but this one writes ``last.ckpt``.
 
     Returns:
         The checkpoint ``out_dir/checkpoints/last.ckpt`` (a normal ``lungvlm fit`` checkpoint).
@@ -98,7 +98,8 @@ def train_centralised(config: FederatedConfig, out_dir: str | Path) -> Path:
         build_site(config, site, out_dir / "sites" / site.name, extra=LOCAL_FIT_ARGS)
         for site in config.sites
     ]
-    main = build_site(config, config.sites[0], out_dir, max_epochs=epochs, extra=LOCAL_FIT_ARGS)
+    extra = [*LOCAL_FIT_ARGS, "--checkpoint.save_last=true"]
+    main = build_site(config, config.sites[0], out_dir, max_epochs=epochs, extra=extra)
     pooled = PooledDataModule([cli.datamodule for cli in sites])
     main.trainer.fit(main.model, datamodule=pooled)
     return out_dir / "checkpoints" / "last.ckpt"

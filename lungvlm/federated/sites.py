@@ -25,13 +25,14 @@ from lungvlm.federated.config import FederatedConfig, SiteConfig
 log = logging.getLogger(__name__)
 
 #: Overrides of every site run: no sanity check, no progress bar or model summary (sites log
-#: through the server), only last.ckpt.
+#: through the server), no checkpoint files (the weights go to the server).
 SITE_ARGS: tuple[str, ...] = (
     "--trainer.num_sanity_val_steps=0",
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
     "--checkpoint.monitor=null",
     "--checkpoint.save_top_k=0",
+    "--checkpoint.save_last=false",
 )
 #: A local fit also skips validation inside the fit: the sites validate the global model
 #: after aggregation instead.

@@ -331,3 +331,74 @@ def test_stage3_sites_share_the_servers_tokenizer(tmp_path):
 
     record = read_rounds(config.out_dir)[-1]
     assert "val/report/concept_f1" in record["sites"]["screening"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_deployment_superlink_supernodes_and_flwr_run(tmp_path):
+    """The same apps under Flower's deployment engine: a SuperLink, one SuperNode per site
+    (separate processes talking HTTP, as on separate hosts) and `flwr run deploy/flower`."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from lungvlm.federated.server import read_rounds, read_state
+
+    config_path = _tiny_config(tmp_path, rounds=1)
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "FLWR_HOME": str(tmp_path / "flwr_home"), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
+    link = _free_port()
+    (tmp_path / "flwr_home").mkdir()
+    (tmp_path / "flwr_home" / "config.toml").write_text(
+        f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{link}"\n'
+        "insecure = true\n"
+    )
+    logs = []
+
+    def start(*args: str) -> subprocess.Popen:
+        log = open(tmp_path / f"proc{len(logs)}.log", "w")
+        logs.append(log)
+        return subprocess.Popen([str(bin_dir / args[0]), *args[1:]], env=env, cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+    procs = [start("flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link),
+                   "--database", str(tmp_path / "link.db"))]  # fmt: skip
+    try:
+        time.sleep(5)
+        for name in ("screening", "referral"):
+            procs.append(start("flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}",
+                               "--port", str(_free_port()), "--node-config", f'site="{name}"'))  # fmt: skip
+        time.sleep(5)
+        out = tmp_path / "deployed"
+        run = subprocess.run(
+            [str(bin_dir / "flwr"), "run", "deploy/flower", "test", "--stream",
+             "--run-config", f"config='{config_path}' out-dir='{out}'"],
+            env=env, cwd=REPO, capture_output=True, text=True, timeout=400,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        deadline = time.time() + 120
+        while (read_state(out) or {}).get("rounds_done", 0) < 1 and time.time() < deadline:
+            time.sleep(2)
+        assert read_state(out)["rounds_done"] == 1
+        record = read_rounds(out)[-1]
+        assert set(record["sites"]) == {"screening", "referral"}
+        assert all("val/loss" in site for site in record["sites"].values())
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log in logs:
+            log.close()

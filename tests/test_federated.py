@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -368,7 +369,8 @@ def test_deployment_superlink_supernodes_and_flwr_run(tmp_path):
         log = open(tmp_path / f"proc{len(logs)}.log", "w")
         logs.append(log)
         return subprocess.Popen([str(bin_dir / args[0]), *args[1:]], env=env, cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+                                stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
 
     procs = [start("flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link),
                    "--database", str(tmp_path / "link.db"))]  # fmt: skip
@@ -393,12 +395,15 @@ def test_deployment_superlink_supernodes_and_flwr_run(tmp_path):
         assert set(record["sites"]) == {"screening", "referral"}
         assert all("val/loss" in site for site in record["sites"].values())
     finally:
-        for proc in procs:
-            proc.terminate()
+        import signal
+
+        for proc in procs:  # each in its own session: its SuperExec children go with it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
         for log in logs:
             log.close()

@@ -324,7 +324,8 @@ def test_stage3_sites_share_the_servers_tokenizer(tmp_path):
     data["stage_overrides"]["trainer"]["limit_train_batches"] = 2
     path.write_text(yaml.safe_dump(data))
     config = load_config(path)
-    ckpt = read_checkpoint(simulate(config)["checkpoint"])
+    ckpt_path = simulate(config)["checkpoint"]
+    ckpt = read_checkpoint(ckpt_path)
     assert checkpoint_stage(ckpt) == "vision_language"
     assert ckpt["lungvlm"]["tokenizer_json"]  # the report decoder's vocabulary travels with it
     # The sites validated the global model with the report metrics of stage 3.
@@ -332,6 +333,17 @@ def test_stage3_sites_share_the_servers_tokenizer(tmp_path):
 
     record = read_rounds(config.out_dir)[-1]
     assert "val/report/concept_f1" in record["sites"]["screening"]
+    # `lungvlm report`'s model loads it and writes a report (of a 48 mm cube of lung: a whole
+    # chest at 1 mm is minutes of sliding window on a CPU).
+    from data_modules.io import write_nifti
+    from data_modules.phantom.patch import make_nodule_sample
+    from lungvlm import LungVLM
+
+    crop = make_nodule_sample(3, PhantomConfig.tiny(patch_shape_vox=(48, 48, 48)), positive=True)
+    scan = tmp_path / "lung_cube.nii.gz"
+    write_nifti(crop["image_hu"], scan, spacing_mm=crop["spacing_mm"], origin=(0.0, 0.0, 0.0))
+    report = LungVLM.from_checkpoint(ckpt_path, device="cpu").report(scan)
+    assert "IMPRESSION" in report.narrative and "Lung-RADS" in report.narrative
 
 
 def _free_port() -> int:

@@ -140,6 +140,7 @@ def run(namespace: argparse.Namespace) -> int:
             "pip install -e '.[federated]'"
         ) from err
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("flwr").propagate = False  # Flower prints its own log lines
     config = apply_overrides(load_config(namespace.config), namespace)
     if namespace.test is not None:
         from lungvlm.federated.evaluation import test_sites, write_json

@@ -19,5 +19,7 @@ for _name, _value in (
     ("FLWR_TELEMETRY_ENABLED", "0"),
     ("FLWR_DISABLE_UPDATE_CHECK", "1"),
     ("RAY_USAGE_STATS_ENABLED", "0"),
+    # Ray's notice about GPU visibility on CPU-only workers, printed by every worker.
+    ("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0"),
 ):
     os.environ.setdefault(_name, _value)

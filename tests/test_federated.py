@@ -419,3 +419,33 @@ def test_deployment_superlink_supernodes_and_flwr_run(tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
         for log in logs:
             log.close()
+
+
+def test_command_line_overrides(tmp_path):
+    import argparse
+
+    from lungvlm.commands.federate import apply_overrides, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    config = load_config(
+        _tiny_config(tmp_path, privacy={"noise_multiplier": 2.0, "clipping_norm": 3.0})
+    )
+
+    def parse(*args: str):
+        return apply_overrides(config, parser.parse_args(["federate", "--config", "x", *args]))
+
+    plain = parse(
+        "--strategy", "fedavg", "--no-privacy", "--rounds", "5", "--out", str(tmp_path / "o")
+    )
+    assert (plain.strategy.name, plain.strategy.server_momentum, plain.privacy) == (
+        "fedavg",
+        0.0,
+        None,
+    )
+    assert plain.rounds == 5 and plain.out_dir == str(tmp_path / "o")
+    noisier = parse("--noise-multiplier", "4.0")
+    assert (noisier.privacy.noise_multiplier, noisier.privacy.clipping_norm) == (4.0, 3.0)
+    assert parse().strategy.server_momentum == 0.3  # the YAML's
+    with pytest.raises(ValueError, match="server_momentum"):
+        parse("--server-momentum", "1.5")

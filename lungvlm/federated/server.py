@@ -173,8 +173,9 @@ class FederationRecorder:
             site.update({k: v for k, v in train.items() if k.startswith("train/")})
             record["sites"][name] = site
         ledger = getattr(self.strategy, "ledger", None)
-        if ledger is not None:
-            record["privacy"] = {"epsilon": ledger.epsilon, "delta": ledger.delta}
+        if ledger is not None:  # round 0 is the start model: nothing released yet
+            epsilon = ledger.epsilon if round_index > 0 else 0.0
+            record["privacy"] = {"epsilon": epsilon, "delta": ledger.delta}
         return record
 
     def _log(self, record: dict) -> None:

@@ -277,3 +277,17 @@ def test_audit_page_renders_in_headless_chromium(records, tmp_path):
     # relative <img> links resolved (the page's own text and tables are black on white).
     colour = rgb.max(axis=-1) - rgb.min(axis=-1)
     assert (colour > 0.3).mean() > 0.001
+
+
+def test_malformed_calibrator_is_an_error_naming_the_checkpoint(tmp_path):
+    from lungvlm.inference.report_analysis import load_report_model
+
+    path = write_stage3_checkpoint(tmp_path / "last.ckpt")
+    checkpoint = read_checkpoint(path)
+    checkpoint[CHECKPOINT_KEY][CALIBRATION_KEY] = {
+        "malignancy_calibrator": {"kind": "isotonic", "knots_logit": 3.0}  # not a list
+    }
+    bad = tmp_path / "bad_calibrated.ckpt"
+    torch.save(checkpoint, bad)
+    with pytest.raises(ValueError, match=r"bad_calibrated\.ckpt.*calibration or data settings"):
+        load_report_model(bad)

@@ -202,7 +202,7 @@ def load_report_model(ckpt_path: str | Path, map_location: str = "cpu") -> Repor
     Raises:
         ValueError: missing, corrupt or non-Lightning file, or one a safe load refuses; a
             checkpoint of another stage (message "needs a stage-3 checkpoint"); a model that
-            cannot be rebuilt.
+            cannot be rebuilt; malformed calibration or data settings (names the file).
     """
     path = Path(ckpt_path)
     try:
@@ -217,8 +217,15 @@ def load_report_model(ckpt_path: str | Path, map_location: str = "cpu") -> Repor
             f"checkpoint {path} is a stage {stage!r} checkpoint without vision-language heads or "
             "tokenizer; lungvlm report needs a stage-3 ('vision_language') checkpoint"
         )
+    try:
+        settings = settings_from_checkpoint(checkpoint)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(
+            f"checkpoint {path}: its calibration or data settings are malformed ({err}); "
+            "calibrate it again from the uncalibrated checkpoint"
+        ) from err
     model = load_model(path, map_location=map_location, checkpoint=checkpoint)
-    return ReportModel(model, path, settings_from_checkpoint(checkpoint))
+    return ReportModel(model, path, settings)
 
 
 @dataclass

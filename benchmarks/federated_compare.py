@@ -75,18 +75,19 @@ def main() -> int:
     results_path = ns.out / "compare.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for name in ns.variants.split(","):
-        out = ns.out / name.replace(":", "_sigma")
+        safe = name.replace(":", "_sigma")
+        out = ns.out / safe
         row = results.get(name, {})
         ckpt = out / ("checkpoints/last.ckpt" if name == "centralised" else "global/last.ckpt")
         if "train_s" not in row:
             row["train_s"] = _run(
                 ["federate", "--config", ns.config, "--out", str(out), *variant_args(name)],
-                ns.out / f"{name}.log",
+                ns.out / f"{safe}.log",
             )
         if "crop" not in row:
             _run(
                 ["federate", "--config", ns.config, "--out", str(out), "--test", str(ckpt)],
-                ns.out / f"{name}_test.log",
+                ns.out / f"{safe}_test.log",
             )
             row["crop"] = json.loads((out / "site_test.json").read_text())
         if ns.chests > 0 and "cpm" not in row:
@@ -102,7 +103,7 @@ def main() -> int:
                     str(out / "evaluate"),
                     "--no-progress",
                 ],
-                ns.out / f"{name}_evaluate.log",
+                ns.out / f"{safe}_evaluate.log",
             )
             evaluation = json.loads((out / "evaluate" / "evaluation.json").read_text())
             row["cpm"] = evaluation["summary"]["cpm"]
@@ -113,8 +114,10 @@ def main() -> int:
             row["update_norms"] = {k: v.get("train/update_norm") for k, v in last["sites"].items()}
         results[name] = row
         results_path.write_text(json.dumps(results, indent=2))
-    print("| variant | crop Dice (mean of sites) | per site | CPM | epsilon | train s |")
-    print("|---|---|---|---|---|---|")
+    lines = [
+        "| variant | crop Dice (mean of sites) | per site | CPM | epsilon | train s |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, row in results.items():
         crop = row.get("crop", {})
         per_site = ", ".join(
@@ -123,10 +126,14 @@ def main() -> int:
         )
         eps = (row.get("privacy") or {}).get("epsilon")
         cpm = row.get("cpm")
-        print(
-            f"| {name} | {crop.get('mean', {}).get('test/seg/dice', float('nan')):.3f} | {per_site} | "
-            f"{'-' if cpm is None else f'{cpm:.3f}'} | {'-' if eps is None else f'{eps:.2f}'} | {row.get('train_s', 0):.0f} |"
+        dice = crop.get("mean", {}).get("test/seg/dice", float("nan"))
+        lines.append(
+            f"| {name} | {dice:.3f} | {per_site} | {'-' if cpm is None else f'{cpm:.3f}'} | "
+            f"{'-' if eps is None else f'{eps:.4g}'} | {row.get('train_s', 0):.0f} |"
         )
+    table = "\n".join(lines) + "\n"
+    print(table, end="")
+    (ns.out / "compare.md").write_text(table)
     return 0
 
 

@@ -306,7 +306,9 @@ def test_two_sites_two_rounds_global_loss_falls_and_checkpoint_loads(tmp_path):
     with pytest.raises(ValueError, match="another configuration"):
         simulate(more.with_changes(local_epochs=2, rounds=4))
     # The centralised baseline trains the same stage on the pooled sites.
-    pooled = train_centralised(config, tmp_path / "pooled")
+    from data_modules.pooled import PooledDataModule
+
+    pooled = train_centralised(config, tmp_path / "pooled", PooledDataModule)
     assert load_model(pooled).stage == "segment"
     metrics = (tmp_path / "pooled" / "csv" / "metrics.csv").read_text()
     assert "train/loss" in metrics

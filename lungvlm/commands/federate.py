@@ -155,9 +155,10 @@ def run(namespace: argparse.Namespace) -> int:
         print(f"written: {write_json(Path(config.out_dir) / 'site_test.json', result)}")
         return 0
     if namespace.centralised:
+        from data_modules.pooled import PooledDataModule
         from lungvlm.federated.simulation import train_centralised
 
-        checkpoint = train_centralised(config, config.out_dir)
+        checkpoint = train_centralised(config, config.out_dir, PooledDataModule)
         print(
             f"centralised: {len(config.sites)} sites pooled, {config.rounds * config.local_epochs} epochs"
         )

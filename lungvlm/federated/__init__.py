@@ -2,7 +2,7 @@
 
 - :mod:`.config`: the federation YAML (``experiments/federated.yaml``): sites, stage, rounds,
   strategy, privacy.
-- :mod:`.sites`: a site's LightningCLI run; the pooled data of the centralised baseline.
+- :mod:`.sites`: a site's LightningCLI run (its model, data module and trainer).
 - :mod:`.client`: the site ClientApp (local Lightning fit and validation).
 - :mod:`.strategy`: FedAvg / FedAvgM with noise before the momentum, and the privacy ledger.
 - :mod:`.server`: the ServerApp, per-round TensorBoard logs, global checkpoints, resume.

@@ -11,12 +11,13 @@ compared with.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from lungvlm.federated.config import FederatedConfig
-from lungvlm.federated.sites import LOCAL_FIT_ARGS, PooledDataModule, build_site
+from lungvlm.federated.sites import LOCAL_FIT_ARGS, build_site
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +81,21 @@ def simulate(config: FederatedConfig, verbose: bool = False) -> dict[str, Any]:
     return {"rounds_done": done, "checkpoint": str(Path(config.out_dir) / "global" / "last.ckpt")}
 
 
-def train_centralised(config: FederatedConfig, out_dir: str | Path) -> Path:
+def train_centralised(
+    config: FederatedConfig, out_dir: str | Path, pool: Callable[[list[Any]], Any]
+) -> Path:
     """Train the stage on all sites' data pooled, for as many steps as the federation takes.
 
     The federation trains ``rounds * local_epochs`` epochs on each site; pooling the sites and
     training ``rounds * local_epochs`` epochs over the pool takes the same total number of
     optimizer steps (up to a last partial batch per site). Local fits and this one share the
     same overrides (no validation inside the fit), but this one writes ``last.ckpt``.
+
+    Args:
+        config: the federation (its sites and stage).
+        out_dir: the run folder.
+        pool: builds one DataModule from the sites' DataModules
+            (:class:`data_modules.pooled.PooledDataModule`).
 
     Returns:
         The checkpoint ``out_dir/checkpoints/last.ckpt`` (a normal ``lungvlm fit`` checkpoint).
@@ -100,6 +109,6 @@ def train_centralised(config: FederatedConfig, out_dir: str | Path) -> Path:
     ]
     extra = [*LOCAL_FIT_ARGS, "--checkpoint.save_last=true"]
     main = build_site(config, config.sites[0], out_dir, max_epochs=epochs, extra=extra)
-    pooled = PooledDataModule([cli.datamodule for cli in sites])
+    pooled = pool([cli.datamodule for cli in sites])
     main.trainer.fit(main.model, datamodule=pooled)
     return out_dir / "checkpoints" / "last.ckpt"

@@ -297,9 +297,14 @@ def test_two_sites_two_rounds_global_loss_falls_and_checkpoint_loads(tmp_path):
     assert (Path(config.out_dir) / "global" / "round_001.ckpt").is_file()
     clean = {k: v for k, v in stored["state_dict"].items()}
     assert all(torch.isfinite(v).all() for v in clean.values())
-    # Started again with one more round, it resumes after round 2 with FedAvgM's momentum.
+    # Started again with one more round, it resumes after round 2 with FedAvgM's momentum,
+    # from the files state.json names (a last.ckpt cut short by a crash is not read).
+    (Path(config.out_dir) / "global" / "last.ckpt").write_bytes(b"cut short")
     more = config.with_changes(rounds=3)
     assert simulate(more)["rounds_done"] == 3
+    assert read_checkpoint(Path(config.out_dir) / "global" / "last.ckpt")["federated"]["round"] == 3
+    momentum = sorted(p.name for p in (Path(config.out_dir) / "global").glob("momentum_*.npz"))
+    assert momentum == ["momentum_003.npz"]
     assert [r["round"] for r in read_rounds(config.out_dir)] == [0, 1, 2, 3]
     assert read_state(config.out_dir)["local_steps"] == 3 * 2 * 6
     # A changed configuration is refused in the same folder.

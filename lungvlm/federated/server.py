@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 #: Round-config key of the shared report tokenizer (JSON), stage 3 only.
 TOKENIZER_KEY = "tokenizer-json"
-MOMENTUM_FILE = "momentum.npz"
 ROUNDS_FILE = "rounds.jsonl"
 #: Bookkeeping metrics of a reply that are not logged as results.
 _BOOKKEEPING = BOOKKEEPING_KEYS
@@ -237,27 +236,37 @@ class FederationRecorder:
             model, self.template.datamodule, round_index, self._local_steps, extra
         )
         folder = self.out / "global"
-        save_checkpoint(folder / f"round_{round_index:03d}.ckpt", checkpoint)
+        round_file = f"round_{round_index:03d}.ckpt"
+        save_checkpoint(folder / round_file, checkpoint)
         save_checkpoint(folder / "last.ckpt", checkpoint)
         momentum = getattr(self.strategy, "momentum_vector", None)
+        momentum_file = None
         if momentum is not None:
-            keys = list(arrays.keys())
-            _atomic_write(
-                folder / MOMENTUM_FILE,
-                lambda tmp: np.savez(open(tmp, "wb"), **dict(zip(keys, momentum, strict=True))),
-                ".tmp.npz",
-            )
+            momentum_file = f"momentum_{round_index:03d}.npz"
+            arrays_by_key = dict(zip(arrays.keys(), momentum, strict=True))
+
+            def write_momentum(tmp: str) -> None:
+                with open(tmp, "wb") as handle:
+                    np.savez(handle, **arrays_by_key)
+
+            _atomic_write(folder / momentum_file, write_momentum, ".tmp.npz")
+        # state.json is the commit point: a resume reads the files it names, so a crash
+        # before it is written resumes from the previous round's files.
         state = {
             "rounds_done": round_index,
+            "checkpoint": round_file,
+            "momentum_file": momentum_file,
             "local_steps": self._local_steps,
             "config_digest": config_digest(self.config),
             "privacy": record.get("privacy"),
-            "momentum": momentum is not None,
         }
         text = json.dumps(state, indent=2)
         _atomic_write(
             folder / STATE_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), ".tmp"
         )
+        for old in folder.glob("momentum_*.npz"):
+            if old.name != momentum_file:
+                old.unlink(missing_ok=True)
 
 
 def _resume(config: FederatedConfig) -> tuple[int, dict | None, dict | None]:
@@ -277,11 +286,16 @@ def _resume(config: FederatedConfig) -> tuple[int, dict | None, dict | None]:
             "strategy, privacy or local epochs differ); choose another --out or delete it"
         )
     done = int(state["rounds_done"])
-    checkpoint = read_checkpoint(Path(config.out_dir) / "global" / "last.ckpt")
+    folder = Path(config.out_dir) / "global"
+    checkpoint = read_checkpoint(folder / str(state.get("checkpoint", "last.ckpt")))
     momentum = None
-    if state.get("momentum"):
-        with np.load(Path(config.out_dir) / "global" / MOMENTUM_FILE, allow_pickle=False) as f:
-            momentum = {k: f[k] for k in f.files}
+    if state.get("momentum_file"):
+        path = folder / str(state["momentum_file"])
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                momentum = {k: f[k] for k in f.files}
+        except (OSError, ValueError) as err:
+            raise ValueError(f"FedAvgM momentum {path} is not readable: {err}") from err
     return done, checkpoint, momentum
 
 

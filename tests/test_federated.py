@@ -393,12 +393,31 @@ def test_deployment_superlink_supernodes_and_flwr_run(tmp_path):
 
     procs = [start("flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link),
                    "--database", str(tmp_path / "link.db"))]  # fmt: skip
+
+    def wait_for(ready, what: str, timeout_s: float = 90.0) -> None:
+        deadline = time.time() + timeout_s
+        while not ready():
+            assert time.time() < deadline, (
+                f"{what} did not start: {(tmp_path / 'proc0.log').read_text()[-2000:]}"
+            )
+            time.sleep(0.5)
+
+    def link_log() -> str:
+        logs[0].flush()
+        return (tmp_path / "proc0.log").read_text(errors="replace")
+
+    def port_open() -> bool:
+        import socket
+
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", link)) == 0
+
     try:
-        time.sleep(5)
+        wait_for(port_open, "the SuperLink")
         for name in ("screening", "referral"):
             procs.append(start("flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}",
                                "--port", str(_free_port()), "--node-config", f'site="{name}"'))  # fmt: skip
-        time.sleep(5)
+        wait_for(lambda: link_log().count("Activated node_id") >= 2, "the two SuperNodes")
         out = tmp_path / "deployed"
         run = subprocess.run(
             [str(bin_dir / "flwr"), "run", "deploy/flower", "test", "--stream",

@@ -79,6 +79,23 @@ def test_missing_and_truncated_raw(tmp_path):
         read_metaimage(path)
 
 
+def test_truncated_compressed_data(tmp_path):
+    array = np.random.default_rng(0).normal(0, 100, (6, 8, 8)).astype(np.int16)
+    path = tmp_path / "scan.mhd"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path), useCompression=True)
+    zraw = tmp_path / "scan.zraw"
+    assert np.array_equal(read_metaimage(path).array_hu, array)  # intact: reads
+    data = zraw.read_bytes()
+    zraw.write_bytes(data[: len(data) // 2])
+    with pytest.raises(
+        MetaImageError, match=rf"{re.escape(str(zraw))} holds \d+ bytes .* truncated"
+    ):
+        read_metaimage(path)
+    zraw.write_bytes(b"not zlib at all")
+    with pytest.raises(MetaImageError, match="not a readable compressed data file"):
+        read_metaimage(path)
+
+
 def test_annotations_csv_and_inside_check(tmp_path):
     path, _, _ = _write_mhd(tmp_path)
     vol = read_metaimage(path)

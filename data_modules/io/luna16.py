@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import re
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from os import PathLike
@@ -68,6 +69,26 @@ def _parse_header(mhd_path: Path) -> dict[str, str]:
     return fields
 
 
+def _decompressed_size(path: Path, chunk: int = 1 << 22) -> int:
+    """Bytes a zlib-compressed MetaImage data file (``.zraw``) decompresses to.
+
+    A stream cut short decompresses to fewer bytes than the header needs; a corrupt one raises.
+
+    Raises:
+        MetaImageError: the file is not a readable zlib stream (names it).
+    """
+    decoder = zlib.decompressobj()
+    total = 0
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                total += len(decoder.decompress(block))
+        total += len(decoder.flush())
+    except (OSError, zlib.error) as exc:
+        raise MetaImageError(f"{path} is not a readable compressed data file: {exc}", path) from exc
+    return total
+
+
 def _check_raw_size(mhd_path: Path, fields: dict[str, str]) -> None:
     for key in ("DimSize", "ElementType", "ElementDataFile"):
         if key not in fields:
@@ -75,8 +96,7 @@ def _check_raw_size(mhd_path: Path, fields: dict[str, str]) -> None:
     data_file = fields["ElementDataFile"]
     if data_file.upper() in ("LOCAL", "LIST") or data_file.upper().startswith("LIST"):
         return  # data inside the header file or split over many files: left to SimpleITK
-    if fields.get("CompressedData", "False").lower() == "true":
-        return  # compressed size is not predictable from the header
+    compressed = fields.get("CompressedData", "False").lower() == "true"
     raw_path = mhd_path.parent / data_file
     if not raw_path.is_file():
         raise MetaImageError(f"{mhd_path}: data file {raw_path} is missing", raw_path)
@@ -88,7 +108,7 @@ def _check_raw_size(mhd_path: Path, fields: dict[str, str]) -> None:
     except ValueError as exc:
         raise MetaImageError(f"{mhd_path}: bad DimSize {fields['DimSize']!r}", mhd_path) from exc
     expected = int(np.prod(dims)) * channels * _ELEMENT_BYTES[fields["ElementType"]]
-    actual = raw_path.stat().st_size
+    actual = _decompressed_size(raw_path) if compressed else raw_path.stat().st_size
     if actual < expected:
         raise MetaImageError(
             f"{raw_path} holds {actual} bytes but {mhd_path} (DimSize {dims}, "
@@ -100,8 +120,8 @@ def _check_raw_size(mhd_path: Path, fields: dict[str, str]) -> None:
 def read_metaimage(mhd_path: str | PathLike[str]) -> CTVolume:
     """Read a LUNA16 ``<seriesuid>.mhd`` (+ ``.raw``) scan as HU float32 (z, y, x).
 
-    The raw file's size is checked against the header before SimpleITK reads it, so a short
-    download fails with a clear error. Origin, spacing and direction come from SimpleITK.
+    The data file's size (decompressed, for a ``.zraw``) is checked against the header before
+    SimpleITK reads it, so a short download fails with a clear error. Origin, spacing and direction come from SimpleITK.
     Metadata: ``series_instance_uid`` (the file stem, LUNA16's ``seriesuid``) and
     ``source_path``.
 

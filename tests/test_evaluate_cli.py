@@ -66,3 +66,10 @@ def test_resume_profiles_markdown_and_candidate_threshold(ckpt, tmp_path, capsys
     assert (again["sensitivity"], again["fps_per_scan"]) == (0.0, 0.0)
     assert again["cpm"] == summary["cpm"]
     assert "(calibrated)" in (tmp_path / "calibrated" / "evaluation.md").read_text()
+    # Each chest's record also holds it at that operating point: nothing kept, no FP there,
+    # while the segmentation-threshold fields still count every instance.
+    chest = json.loads((tmp_path / "calibrated" / "chests" / "phantom-0.json").read_text())
+    point = chest["operating_point"]
+    assert point["candidate_threshold"] == pytest.approx(min(1.0, top + 1e-6))
+    assert not any(point["detected"]) and point["n_false_positives"] == 0
+    assert chest["evaluation"]["n_false_positives"] + sum(chest["evaluation"]["detected"]) > 0

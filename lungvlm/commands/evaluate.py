@@ -15,8 +15,9 @@ segmentation probability threshold; the summary names the one used. Window size,
 context scale default to the checkpoint's training data, as in ``lungvlm calibrate``.
 
 Outputs with ``--out``: ``OUT/evaluation.json`` (summary, settings, every chest),
-``OUT/evaluation.md`` and one ``OUT/chests/<case>.json`` per finished chest, all written
-atomically. Resume: a chest whose file holds the same settings (checkpoint file and
+``OUT/evaluation.md`` and one ``OUT/chests/<case>.json`` per finished chest (its evaluation at
+the segmentation threshold, and its hits and false positives at the operating point), all
+written atomically. Resume: a chest whose file holds the same settings (checkpoint file and
 modification time, size, segmentation settings) is not segmented again.
 """
 
@@ -342,6 +343,24 @@ def _stored_chest(path: Path, settings: dict) -> ScanEvaluation | None:
         return None
 
 
+def chest_operating_point(evaluation, candidate_threshold: float | None) -> dict:
+    """One chest at the evaluation's operating point, for its ``OUT/chests/<case>.json``.
+
+    The record's ``evaluation.detected`` and ``evaluation.n_false_positives`` count every
+    instance above the segmentation probability threshold; these count only the candidates the
+    operating point keeps (scoring ``>= candidate_threshold``; all of them when None), as the
+    summary's sensitivity and FPs per scan do.
+    """
+    from lungvlm.evaluation.operating_point import scan_operating_point
+
+    detected, n_fp = scan_operating_point(evaluation, candidate_threshold)
+    return {
+        "candidate_threshold": candidate_threshold,
+        "detected": detected,
+        "n_false_positives": n_fp,
+    }
+
+
 def evaluate_phantoms(model, args: argparse.Namespace, settings: dict) -> EvaluationResult:
     """Evaluate the phantom chests of ``args`` one at a time, storing and resuming each under
     ``OUT/chests/`` when ``args.out`` is given."""
@@ -365,7 +384,11 @@ def evaluate_phantoms(model, args: argparse.Namespace, settings: dict) -> Evalua
                 model, scan, args.target_spacing, args.threshold, args.cascade, **segment_kwargs
             )
             if path is not None:
-                record = {"settings": settings, "evaluation": evaluation.to_dict()}
+                record = {
+                    "settings": settings,
+                    "evaluation": evaluation.to_dict(),
+                    "operating_point": chest_operating_point(evaluation, args.candidate_threshold),
+                }
                 write_text_atomic(path, json.dumps(record, indent=2))
         n_resumed += resumed
         log.info("phantom-%d: %s", seed, "resumed" if resumed else "evaluated")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from pathlib import Path
 
@@ -295,8 +294,11 @@ def test_two_sites_two_rounds_global_loss_falls_and_checkpoint_loads(tmp_path):
         "referral",
     ]
     assert (Path(config.out_dir) / "global" / "round_001.ckpt").is_file()
-    clean = {k: v for k, v in stored["state_dict"].items()}
-    assert all(torch.isfinite(v).all() for v in clean.values())
+    # The loaded model holds round 2's weights, which moved away from round 1's.
+    round1 = read_checkpoint(Path(config.out_dir) / "global" / "round_001.ckpt")["state_dict"]
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k].cpu(), v) for k, v in stored["state_dict"].items())
+    assert any(not torch.equal(round1[k], v) for k, v in stored["state_dict"].items())
     # Started again with one more round, it resumes after round 2 with FedAvgM's momentum,
     # from the files state.json names (a last.ckpt cut short by a crash is not read).
     (Path(config.out_dir) / "global" / "last.ckpt").write_bytes(b"cut short")
@@ -317,7 +319,6 @@ def test_two_sites_two_rounds_global_loss_falls_and_checkpoint_loads(tmp_path):
     assert load_model(pooled).stage == "segment"
     metrics = (tmp_path / "pooled" / "csv" / "metrics.csv").read_text()
     assert "train/loss" in metrics
-    assert json.loads(json.dumps(rounds))  # plain JSON
 
 
 def test_stage3_sites_share_the_servers_tokenizer(tmp_path):

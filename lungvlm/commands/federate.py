@@ -19,6 +19,7 @@ docs/federated.md for the SuperLink, SuperNode and `flwr run` command lines.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -143,7 +144,8 @@ def run(namespace: argparse.Namespace) -> int:
     logging.getLogger("flwr").propagate = False  # Flower prints its own log lines
     config = apply_overrides(load_config(namespace.config), namespace)
     if namespace.test is not None:
-        from lungvlm.federated.evaluation import test_sites, write_json
+        from lungvlm.export.writer import write_text_atomic
+        from lungvlm.federated.evaluation import test_sites
 
         result = test_sites(config, namespace.test, config.out_dir)
         for name, values in result["sites"].items():
@@ -152,7 +154,10 @@ def run(namespace: argparse.Namespace) -> int:
             }
             print(f"{name}: {shown} ({int(values['samples'])} crops)")
         print(f"mean: { {k: round(v, 4) for k, v in result['mean'].items()} }")
-        print(f"written: {write_json(Path(config.out_dir) / 'site_test.json', result)}")
+        written = write_text_atomic(
+            Path(config.out_dir) / "site_test.json", json.dumps(result, indent=2)
+        )
+        print(f"written: {written}")
         return 0
     if namespace.centralised:
         from data_modules.pooled import PooledDataModule

@@ -30,13 +30,11 @@ from lungvlm.federated.strategy import (
     BOOKKEEPING_KEYS,
     EXAMPLES_KEY,
     STEPS_KEY,
+    TOKENIZER_KEY,
     UNIFORM_WEIGHT_KEY,
 )
 
 log = logging.getLogger(__name__)
-
-#: Round-config key of the server's report tokenizer (as lungvlm.federated.server).
-TOKENIZER_KEY = "tokenizer-json"
 
 #: Validation metrics a site reports (those the stage logs; missing ones are skipped).
 REPORTED_PREFIXES: tuple[str, ...] = ("val/",)
@@ -91,9 +89,11 @@ class SiteRunner:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
 
-    def _build(self, run_name: str, max_epochs: int | None = None) -> Any:
-        extra = LOCAL_FIT_ARGS if run_name == "local" else SITE_ARGS
-        return build_site(self.config, self.site, self.folder / run_name, max_epochs, extra=extra)
+    def _build(self, fit: bool, max_epochs: int | None = None) -> Any:
+        """The site's LightningCLI for a local fit (``local/``) or a validation."""
+        run_dir = self.folder / ("local" if fit else "validate")
+        extra = LOCAL_FIT_ARGS if fit else SITE_ARGS
+        return build_site(self.config, self.site, run_dir, max_epochs, extra=extra)
 
     def _load(self, model: Any, arrays: ArrayRecord, tokenizer_json: str | None = None) -> None:
         if tokenizer_json is not None and getattr(model, "vl", None) is not None:
@@ -128,15 +128,16 @@ class SiteRunner:
 
         Returns:
             The site's weights and metrics: ``num-examples`` (training samples),
-            ``site-weight`` (1), ``site-index``, ``steps`` (optimizer steps), ``train/loss`` (last epoch's mean),
-            ``train/update_norm`` (L2 norm of the update, before clipping) and, in
-            round 1, the global start model's validation metrics under ``start/``.
+            ``site-weight`` (1), ``site-index``, ``steps`` (optimizer steps), ``train/loss``
+            (last epoch's mean), ``train/update_norm`` (L2 norm of the update, before
+            clipping) and, in round 1, the global start model's validation metrics under
+            ``start/``.
         """
         metrics: dict[str, float] = {}
         if server_round == 1:
             start = self.evaluate(arrays, tokenizer_json)
             metrics.update({f"start/{k}": v for k, v in start.items() if k.startswith("val/")})
-        cli = self._build("local", max_epochs=local_epochs)
+        cli = self._build(fit=True, max_epochs=local_epochs)
         self._load(cli.model, arrays, tokenizer_json)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         train_loss = cli.trainer.callback_metrics.get("train/loss")
@@ -153,7 +154,7 @@ class SiteRunner:
 
     def evaluate(self, arrays: ArrayRecord, tokenizer_json: str | None = None) -> dict[str, float]:
         """Validation metrics of the global ``arrays`` on this site's validation split."""
-        cli = self._build("validate")
+        cli = self._build(fit=False)
         self._load(cli.model, arrays, tokenizer_json)
         metrics = self._validate(cli)
         n_val = len(cli.datamodule.val_dataloader().dataset)
@@ -227,8 +228,7 @@ def make_client_app(config_loader: Any) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        settings = msg.content["config"]
-        tokenizer_json = settings.get(TOKENIZER_KEY) if settings is not None else None
+        tokenizer_json = msg.content["config"].get(TOKENIZER_KEY)
         metrics = runner(context).evaluate(msg.content["arrays"], tokenizer_json)
         return Message(content=reply_content(metrics), reply_to=msg)
 

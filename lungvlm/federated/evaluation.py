@@ -7,10 +7,7 @@ baseline, so they compare on equal terms. Whole-chest detection (FROC/CPM) is
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +59,3 @@ def test_sites(config: FederatedConfig, ckpt_path: str | Path, out_dir: str | Pa
         rows = [(v[key], v["samples"]) for v in sites.values() if key in v]
         mean[key] = sum(a * w for a, w in rows) / sum(w for _, w in rows)
     return {"checkpoint": str(ckpt_path), "sites": sites, "mean": mean}
-
-
-def write_json(path: str | Path, data: dict) -> Path:
-    """Write ``data`` as JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(tmp, path)
-    return path

@@ -16,10 +16,9 @@ validated the new global model) :class:`FederationRecorder`:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +27,20 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDic
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from lungvlm.export.writer import write_bytes_atomic, write_text_atomic
 from lungvlm.federated.config import FederatedConfig
 from lungvlm.federated.sites import LOCAL_FIT_ARGS, build_site
 from lungvlm.federated.strategy import (
     BOOKKEEPING_KEYS,
     EXAMPLES_KEY,
     STEPS_KEY,
+    TOKENIZER_KEY,
     build_strategy,
 )
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
-#: Round-config key of the shared report tokenizer (JSON), stage 3 only.
-TOKENIZER_KEY = "tokenizer-json"
 ROUNDS_FILE = "rounds.jsonl"
 #: Bookkeeping metrics of a reply that are not logged as results.
 _BOOKKEEPING = BOOKKEEPING_KEYS
@@ -54,18 +53,6 @@ def config_digest(config: FederatedConfig) -> str:
         data.pop(key)
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _atomic_write(path: Path, write: Any, suffix: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_state(out_dir: str | Path) -> dict[str, Any] | None:
@@ -188,7 +175,7 @@ class FederationRecorder:
         path = self.out / ROUNDS_FILE
         kept = [r for r in read_rounds(self.out) if r["round"] < record["round"]]
         lines = "".join(json.dumps(r) + "\n" for r in [*kept, record])
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"), ".tmp")
+        write_text_atomic(path, lines)
         shown = {k: round(v, 4) for k, v in metrics.items() if "/" in k and "site/" not in k}
         log.info("round %d: %s", record["round"], shown)
 
@@ -243,13 +230,9 @@ class FederationRecorder:
         momentum_file = None
         if momentum is not None:
             momentum_file = f"momentum_{round_index:03d}.npz"
-            arrays_by_key = dict(zip(arrays.keys(), momentum, strict=True))
-
-            def write_momentum(tmp: str) -> None:
-                with open(tmp, "wb") as handle:
-                    np.savez(handle, **arrays_by_key)
-
-            _atomic_write(folder / momentum_file, write_momentum, ".tmp.npz")
+            buffer = io.BytesIO()
+            np.savez(buffer, **dict(zip(arrays.keys(), momentum, strict=True)))
+            write_bytes_atomic(folder / momentum_file, buffer.getvalue())
         # state.json is the commit point: a resume reads the files it names, so a crash
         # before it is written resumes from the previous round's files.
         state = {
@@ -260,10 +243,7 @@ class FederationRecorder:
             "config_digest": config_digest(self.config),
             "privacy": record.get("privacy"),
         }
-        text = json.dumps(state, indent=2)
-        _atomic_write(
-            folder / STATE_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), ".tmp"
-        )
+        write_text_atomic(folder / STATE_FILE, json.dumps(state, indent=2))
         for old in folder.glob("momentum_*.npz"):
             if old.name != momentum_file:
                 old.unlink(missing_ok=True)
@@ -357,7 +337,7 @@ def run_server(grid: Grid, config: FederatedConfig) -> dict[str, Any]:
         evaluate_config=ConfigRecord(shared),
         evaluate_fn=recorder.after_round,
     )
-    return {"rounds_done": recorder.rounds_done + config.rounds - done, "checkpoint": str(last)}
+    return {"rounds_done": config.rounds, "checkpoint": str(last)}
 
 
 def make_server_app(config_loader: Any) -> ServerApp:

@@ -8,7 +8,6 @@ what the caller fixes (epochs, run folder). The site configs are written as YAML
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from lungvlm.export.writer import write_text_atomic
 from lungvlm.federated.config import FederatedConfig, SiteConfig
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,7 @@ def _write_yaml(path: Path, data: dict[str, Any]) -> Path:
     text = yaml.safe_dump(data, sort_keys=False)
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, text)
 
 
 def site_cli_args(
@@ -122,8 +118,3 @@ def build_site(
         raise ValueError(
             f"site {site.name!r} of {config.source}: its LightningCLI config does not build: {err}"
         ) from err
-
-
-def describe_sites(config: FederatedConfig) -> str:
-    """One line per site: its name and its config (for logs)."""
-    return "\n".join(f"  {s.name}: {json.dumps(s.config, sort_keys=True)}" for s in config.sites)

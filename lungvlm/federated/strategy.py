@@ -38,6 +38,8 @@ STEPS_KEY = "steps"
 #: The keys of a site's MetricRecord (the same at every site, as Flower requires); the
 #: site's results travel in its reply's ConfigRecord ``results``.
 BOOKKEEPING_KEYS: tuple[str, ...] = (EXAMPLES_KEY, UNIFORM_WEIGHT_KEY, STEPS_KEY, "site-index")
+#: Round-config key of the server's report tokenizer (JSON; stage 3 only).
+TOKENIZER_KEY = "tokenizer-json"
 
 
 class PrivacyLedger:
